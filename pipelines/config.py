@@ -1,0 +1,180 @@
+"""Run configuration: YAML files validated into typed settings.
+
+Every run is driven by one YAML file plus ``--set KEY=VALUE`` overrides. A bad config
+never reaches Beam: it becomes a ``ConfigError`` whose message is one line naming the key,
+and the CLI turns that into exit code 2.
+"""
+from __future__ import annotations
+
+import glob as _glob
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REMOTE_SCHEMES = ("gs://", "s3://", "http://", "https://", "hdfs://")
+
+
+class ConfigError(ValueError):
+    """A config problem, stated in one line that names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Section):
+    input: list[str] = Field(min_length=1)
+    format: Literal["parquet", "csv", "tsv", "jsonl"] | None = None
+    url_col: str = "URL"
+    caption_col: str = "TEXT"
+    id_col: str | None = None
+    # Parquet row groups are the unit of parallel reading; bigger groups are split.
+    read_batch_rows: int = Field(default=65_536, gt=0)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class OutputConfig(_Section):
+    path: str
+    write_embeddings: bool = False
+    num_shards: int = Field(default=0, ge=0)  # 0: let the runner decide
+
+
+class FetchConfig(_Section):
+    enabled: bool = True
+    concurrency: int = Field(default=64, gt=0)
+    per_host: int = Field(default=8, gt=0)
+    timeout_s: float = Field(default=20.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    retries: int = Field(default=2, ge=0)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_redirects: int = Field(default=5, ge=0)
+    max_pixels: int = Field(default=89_478_485, gt=0)
+    allow_private_networks: bool = False
+    respect_opt_out: bool = True
+    user_agent: str | None = None
+    batch_size: int = Field(default=128, gt=0)
+
+
+class TakedownConfig(_Section):
+    lists: list[str] = Field(default_factory=list)
+    pdq_max_distance: int = Field(default=31, ge=0, le=256)
+    phash_max_distance: int = Field(default=8, ge=0, le=64)
+    clip_min_cosine: float = Field(default=0.9, ge=-1, le=1)
+
+    @field_validator("lists", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
+
+
+class EmbeddingConfig(_Section):
+    enabled: bool = False
+    model: str = "ViT-B-32"
+    pretrained: str | None = None
+    precomputed: str | None = None
+    batch_size: int = Field(default=64, gt=0)
+    device: str = "auto"
+
+
+class RunnerConfig(_Section):
+    name: str = "FnApiRunner"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class AuditConfig(_Section):
+    dataset: DatasetConfig
+    output: OutputConfig
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
+    takedown: TakedownConfig = Field(default_factory=TakedownConfig)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+
+
+def _is_remote(path: str) -> bool:
+    return path.startswith(REMOTE_SCHEMES)
+
+
+def _check_local_inputs(key: str, patterns: list[str]) -> None:
+    """Missing local files are config errors; remote paths are checked by the runner."""
+    for pattern in patterns:
+        if _is_remote(pattern):
+            continue
+        if not _glob.glob(pattern):
+            raise ConfigError(f"{key}: no file matches '{pattern}'")
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one ``KEY=VALUE`` (dotted key, YAML value) to the raw config dict."""
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set '{assignment}': expected KEY=VALUE")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{key}: value is not valid YAML ({err.problem})") from None
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if first["type"] == "missing":
+        return f"{key}: required key is missing"
+    message = first["msg"]
+    extra = f" ({len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{key}: {message}{extra}"
+
+
+def parse_config(data: Any, check_files: bool = True) -> AuditConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("config: the top level must be a mapping of sections")
+    try:
+        config = AuditConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err)) from None
+    if check_files:
+        _check_local_inputs("dataset.input", config.dataset.input)
+        _check_local_inputs("takedown.lists", config.takedown.lists)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] = (), check_files: bool = True) -> AuditConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"config: cannot read '{path}' ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config: '{path}' is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: '{path}' must hold a mapping of sections")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    # Relative paths in a config file are relative to the working directory, like the CLI.
+    return parse_config(data, check_files=check_files)

@@ -1,0 +1,50 @@
+"""Shared fixtures: a local Beam runner helper and small LAION-style datasets."""
+from __future__ import annotations
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+
+def run_transform(transform: beam.PTransform, inputs=None) -> list:
+    """Run `transform` on the local runner and return its output as a plain list."""
+    collected: list = []
+
+    class _Collect(beam.DoFn):
+        def process(self, element):
+            collected.append(element)
+
+    with beam.Pipeline(runner=FnApiRunner()) as pipeline:
+        source = pipeline | beam.Create(inputs) if inputs is not None else pipeline
+        _ = source | transform | beam.ParDo(_Collect())
+    return collected
+
+
+def laion_table(urls: list, captions: list | None = None) -> pa.Table:
+    """A table with LAION's metadata columns around the given URLs."""
+    n = len(urls)
+    captions = captions if captions is not None else [f"caption {i}" for i in range(n)]
+    return pa.table(
+        {
+            "SAMPLE_ID": pa.array(range(1000, 1000 + n), pa.int64()),
+            "URL": pa.array(urls, pa.string()),
+            "TEXT": pa.array(captions, pa.string()),
+            "WIDTH": pa.array([640] * n, pa.int32()),
+            "HEIGHT": pa.array([480] * n, pa.int32()),
+            "similarity": pa.array([0.31] * n, pa.float64()),
+            "punsafe": pa.array([0.01] * n, pa.float32()),
+            "pwatermark": pa.array([0.05] * n, pa.float32()),
+        }
+    )
+
+
+@pytest.fixture
+def write_parquet(tmp_path):
+    def _write(urls, name="part-00000.parquet", row_group_size=None, captions=None):
+        path = tmp_path / name
+        pq.write_table(laion_table(urls, captions), path, row_group_size=row_group_size)
+        return str(path)
+
+    return _write

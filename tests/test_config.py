@@ -1,0 +1,97 @@
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.config import ConfigError, apply_override, load_config, parse_config
+
+
+def _base(tmp_path):
+    data = tmp_path / "rows.parquet"
+    data.write_bytes(b"")
+    return {"dataset": {"input": str(data)}, "output": {"path": str(tmp_path / "out")}}
+
+
+def test_defaults_fill_unspecified_sections(tmp_path):
+    config = parse_config(_base(tmp_path))
+    assert config.dataset.url_col == "URL"
+    assert config.dataset.caption_col == "TEXT"
+    assert config.fetch.enabled is True
+    assert config.fetch.allow_private_networks is False
+    assert config.fetch.respect_opt_out is True
+    assert config.takedown.lists == []
+    assert config.embedding.enabled is False
+    assert config.dataset.input == [str(tmp_path / "rows.parquet")]
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"fetch": {"concurency": 4}}, "fetch.concurency: unknown key"),
+        ({"fetch": {"timeout_s": "soon"}}, "fetch.timeout_s:"),
+        ({"fetch": {"concurrency": 0}}, "fetch.concurrency:"),
+        ({"dataset": {"format": "xls"}}, "dataset.format:"),
+        ({"surprise": {}}, "surprise: unknown key"),
+        ({"output": {}}, "output.path: required key is missing"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, patch, message):
+    data = _base(tmp_path)
+    for section, values in patch.items():
+        if values:
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_input_file_is_a_config_error(tmp_path):
+    data = _base(tmp_path)
+    data["dataset"]["input"] = str(tmp_path / "nope-*.parquet")
+    with pytest.raises(ConfigError, match="dataset.input: no file matches"):
+        parse_config(data)
+
+
+def test_remote_inputs_are_not_checked_locally(tmp_path):
+    data = _base(tmp_path)
+    data["dataset"]["input"] = ["gs://bucket/laion/*.parquet", "s3://b/x.parquet"]
+    assert parse_config(data).dataset.input[0].startswith("gs://")
+
+
+def test_overrides_are_dotted_and_yaml_typed(tmp_path):
+    data = _base(tmp_path)
+    apply_override(data, "fetch.concurrency=12")
+    apply_override(data, "fetch.allow_private_networks=true")
+    apply_override(data, "runner.options.direct_num_workers=2")
+    apply_override(data, "takedown.lists=[]")
+    config = parse_config(data)
+    assert config.fetch.concurrency == 12
+    assert config.fetch.allow_private_networks is True
+    assert config.runner.options == {"direct_num_workers": 2}
+
+
+def test_override_without_equals_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        apply_override({}, "fetch.concurrency")
+
+
+def test_shipped_configs_validate():
+    for name in ("configs/local.yaml", "configs/demo.yaml"):
+        config = load_config(name, check_files=False)
+        assert config.runner.name
+
+
+def test_cli_bad_key_exits_2_with_one_line(tmp_path):
+    data = tmp_path / "rows.parquet"
+    data.write_bytes(b"")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "configs/local.yaml",
+         "--set", f"dataset.input={data}", "--set", "fetch.timout_s=3"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "laion-audit: config error: fetch.timout_s: unknown key"
+    assert "Traceback" not in proc.stderr

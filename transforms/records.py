@@ -1,0 +1,99 @@
+"""The audit row: the one data contract every stage reads and writes.
+
+Rows travel between stages as plain dicts keyed by the names below. Keys that start
+with an underscore (``_body``, ``_pixels``) are in-flight only: they carry image data
+from one stage to the next inside a worker and are never written out.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+
+import pyarrow as pa
+
+# Every audit row carries exactly one of these.
+STATUSES = (
+    "ok",
+    "invalid_url",
+    "blocked_address",
+    "opted_out",
+    "http_error",
+    "timeout",
+    "connection_error",
+    "too_large",
+    "not_image",
+    "decode_error",
+    "internal_error",
+    "reused",
+    "not_fetched",
+)
+
+ACTIONS = ("keep", "review", "remove")
+
+MATCH_TYPE = pa.struct(
+    [
+        ("list_id", pa.string()),
+        ("entry_id", pa.string()),
+        ("kind", pa.string()),
+        ("distance", pa.float64()),
+    ]
+)
+
+AUDIT_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.string()),
+        ("row_key", pa.string()),  # the dataset's own key (id_col) when it has one
+        ("url", pa.string()),
+        ("url_sha256", pa.string()),
+        ("caption", pa.string()),
+        ("status", pa.string()),
+        ("http_status", pa.int32()),
+        ("error", pa.string()),
+        ("opt_out", pa.list_(pa.string())),
+        ("content_md5", pa.string()),
+        ("content_sha256", pa.string()),
+        ("bytes", pa.int64()),
+        ("mime", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("phash", pa.string()),
+        ("pdq", pa.string()),
+        ("pdq_quality", pa.int32()),
+        ("scores", pa.map_(pa.string(), pa.float32())),
+        ("labels", pa.list_(pa.string())),
+        ("caption_flags", pa.list_(pa.string())),
+        ("matches", pa.list_(MATCH_TYPE)),
+        ("action", pa.string()),
+        ("reasons", pa.list_(pa.string())),
+        ("model", pa.string()),
+        ("audited_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+AUDIT_COLUMNS = tuple(AUDIT_SCHEMA.names)
+
+
+def new_record(row_id: str, url, caption, row_key: str | None = None) -> dict:
+    """A fresh audit row with every contract column present (unknowns as None)."""
+    record = dict.fromkeys(AUDIT_COLUMNS)
+    record.update(
+        row_id=row_id,
+        row_key=row_key,
+        url=url,
+        caption=caption,
+        opt_out=[],
+        labels=[],
+        caption_flags=[],
+        matches=[],
+        reasons=[],
+    )
+    return record
+
+
+def audit_row(record: dict) -> dict:
+    """The writable part of a record: contract columns only, in-flight keys dropped."""
+    row = {name: record.get(name) for name in AUDIT_COLUMNS}
+    if row["audited_at"] is None:
+        row["audited_at"] = _dt.datetime.now(_dt.timezone.utc)
+    if isinstance(row["scores"], dict):
+        row["scores"] = list(row["scores"].items())
+    return row
