@@ -1,6 +1,8 @@
 """Shared fixtures: a local Beam runner helper and small LAION-style datasets."""
 from __future__ import annotations
 
+import uuid
+
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -8,18 +10,28 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 
+_COLLECTED: dict[str, list] = {}
+
+
+class _Collect(beam.DoFn):
+    """Appends to a module-level list: the in-memory runner shares this process but
+    pickles DoFns, so a closure over a local list would fill a copy."""
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def process(self, element):
+        _COLLECTED[self._token].append(element)
+
+
 def run_transform(transform: beam.PTransform, inputs=None) -> list:
     """Run `transform` on the local runner and return its output as a plain list."""
-    collected: list = []
-
-    class _Collect(beam.DoFn):
-        def process(self, element):
-            collected.append(element)
-
+    token = uuid.uuid4().hex
+    _COLLECTED[token] = []
     with beam.Pipeline(runner=FnApiRunner()) as pipeline:
         source = pipeline | beam.Create(inputs) if inputs is not None else pipeline
-        _ = source | transform | beam.ParDo(_Collect())
-    return collected
+        _ = source | transform | beam.ParDo(_Collect(token))
+    return _COLLECTED.pop(token)
 
 
 def laion_table(urls: list, captions: list | None = None) -> pa.Table:
