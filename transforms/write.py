@@ -1,0 +1,136 @@
+"""Write stage: the audit table (parquet) and the run summary (report/summary.json).
+
+Both go through Beam's filesystems, so an output prefix may be local, gs:// or s3://.
+Only contract columns are written: in-flight image data never reaches a sink.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import posixpath
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms.records import AUDIT_SCHEMA, STATUSES, audit_row
+
+
+def output_dir(output_path: str, name: str) -> str:
+    return FileSystems.join(output_path, name) if "://" in output_path else posixpath.join(output_path, name)
+
+
+def write_json(path: str, payload: dict) -> None:
+    with FileSystems.create(path, mime_type="application/json") as handle:
+        handle.write(json.dumps(payload, indent=2, sort_keys=True).encode("utf-8"))
+
+
+def read_json(path: str) -> dict:
+    with FileSystems.open(path) as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
+class _ToAuditRow(beam.DoFn):
+    """Project a record to contract columns and count it, per status and per action."""
+
+    def __init__(self):
+        self._audited = Metrics.counter("audit", "rows_audited")
+        self._per_status = {s: Metrics.counter("audit", f"status_{s}") for s in STATUSES}
+
+    def process(self, record: dict):
+        row = audit_row(record)
+        self._audited.inc()
+        counter = self._per_status.get(row["status"])
+        if counter is not None:
+            counter.inc()
+        yield row
+
+
+class WriteAudit(beam.PTransform):
+    """Records -> `<output>/audit/part-*.parquet` (one row per record)."""
+
+    def __init__(self, output_path: str, num_shards: int = 0):
+        super().__init__()
+        self._prefix = output_dir(output_path, "audit/part")
+        self._num_shards = num_shards
+
+    def expand(self, records):
+        return (
+            records
+            | "ToAuditRow" >> beam.ParDo(_ToAuditRow())
+            | "WriteParquet"
+            >> beam.io.WriteToParquet(
+                self._prefix,
+                schema=AUDIT_SCHEMA,
+                file_name_suffix=".parquet",
+                num_shards=self._num_shards,
+                codec="zstd",
+            )
+        )
+
+
+class SummaryFn(beam.CombineFn):
+    """Counts over audit records: rows, statuses, actions, labels, matches, bytes."""
+
+    def create_accumulator(self):
+        return {
+            "rows_audited": 0,
+            "bytes_fetched": 0,
+            "status": collections.Counter(),
+            "action": collections.Counter(),
+            "labels": collections.Counter(),
+            "caption_flags": collections.Counter(),
+            "matched_lists": collections.Counter(),
+        }
+
+    def add_input(self, acc, record):
+        acc["rows_audited"] += 1
+        acc["bytes_fetched"] += record.get("bytes") or 0
+        acc["status"][record.get("status") or "internal_error"] += 1
+        if record.get("action"):
+            acc["action"][record["action"]] += 1
+        acc["labels"].update(record.get("labels") or ())
+        acc["caption_flags"].update(record.get("caption_flags") or ())
+        acc["matched_lists"].update({m["list_id"] for m in record.get("matches") or ()})
+        return acc
+
+    def merge_accumulators(self, accumulators):
+        merged = self.create_accumulator()
+        for acc in accumulators:
+            for key, value in acc.items():
+                merged[key] += value
+        return merged
+
+    def extract_output(self, acc):
+        return {key: dict(value) if isinstance(value, collections.Counter) else value for key, value in acc.items()}
+
+
+def summary_payload(counts: dict, rows_in: int, extra: dict) -> dict:
+    payload = dict(counts)
+    payload["rows_in"] = rows_in
+    payload["all_rows_accounted"] = rows_in == counts["rows_audited"]
+    payload.update(extra)
+    return payload
+
+
+class WriteSummary(beam.PTransform):
+    """Write `<output>/report/summary.json` from the records and the count of rows read."""
+
+    def __init__(self, output_path: str, extra: dict | None = None):
+        super().__init__()
+        self._path = summary_path(output_path)
+        self._extra = extra or {}
+
+    def expand(self, pcolls):
+        records, rows_in = pcolls
+        counts = records | "Count" >> beam.CombineGlobally(SummaryFn())
+        rows_in_total = rows_in | "RowsIn" >> beam.combiners.Count.Globally()
+        path, extra = self._path, self._extra
+        return counts | "Write" >> beam.Map(
+            lambda c, n: write_json(path, summary_payload(c, n, extra)) or path,
+            beam.pvalue.AsSingleton(rows_in_total),
+        )
+
+
+def summary_path(output_path: str) -> str:
+    return output_dir(output_dir(output_path, "report"), "summary.json")
