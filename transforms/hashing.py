@@ -1,0 +1,425 @@
+"""Decode + hash stage: turn fetched image bytes into content and perceptual hashes.
+
+For every fetched body it computes MD5 and SHA-256 of the raw bytes (always, even when
+the bytes do not decode), then decodes the image safely (pixel cap checked from the
+header before any pixel is decoded, EXIF orientation applied, any mode to RGB) and
+computes pHash (imagehash, 64 bits) and PDQ (pdqhash, 256 bits + quality) on one
+downscaled copy whose long side is at most ``HASH_MAX_SIDE``.
+
+The same functions serve the audit and ``laion-audit request``: a person's photo is
+hashed on her machine through exactly this decode -> downscale -> hash path, so both
+sides of a takedown match see the same pixels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+from collections.abc import Iterable, Iterator
+
+import apache_beam as beam
+import imagehash
+import numpy as np
+import pdqhash
+from apache_beam.metrics import Metrics
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+_LOG = logging.getLogger(__name__)
+
+# Long side of the copy that PDQ and pHash see. PDQ itself reduces to 64x64 with a
+# Jarosz box filter; pre-reducing to 512 px changes hashes by a few bits at most and
+# bounds the per-image cost regardless of the source resolution.
+HASH_MAX_SIDE = 512
+
+# Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS) as the default cap.
+# A larger cap is honoured up to Pillow's hard limit (twice its MAX_IMAGE_PIXELS,
+# ~179 M pixels), which still applies when opening.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+# Formats a browser would display. Everything else Pillow could sniff (EPS runs
+# Ghostscript, TGA has no magic number and "identifies" random bytes) is not an image
+# for an audit of web images.
+WEB_IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "JPEG2000", "AVIF")
+
+# A JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) only when that
+# still leaves at least HASH_MAX_SIDE px on the long side; below 2x there is no gain.
+_DRAFT_MIN_FACTOR = 2
+
+# EXIF orientations that swap width and height (transpose / rotate 90 / 270).
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION_TAG = 0x0112
+
+# pdqhash.compute_dihedral returns the eight variants in this order. In Pillow terms:
+# rot90 = Transpose.ROTATE_90 (counter-clockwise), flipx = FLIP_TOP_BOTTOM,
+# flipy = FLIP_LEFT_RIGHT (a mirror image), flip_plus1 = TRANSPOSE,
+# flip_minus1 = TRANSVERSE.
+PDQ_DIHEDRAL_NAMES = (
+    "original",
+    "rot90",
+    "rot180",
+    "rot270",
+    "flipx",
+    "flipy",
+    "flip_plus1",
+    "flip_minus1",
+)
+
+_MAX_ERROR_CHARS = 200
+
+
+class ImageError(Exception):
+    """Bytes that did not yield an image. ``hashes`` carries what was still computed."""
+
+    status = "decode_error"
+
+    def __init__(self, message: str, *, mime: str | None = None,
+                 width: int | None = None, height: int | None = None) -> None:
+        super().__init__(message)
+        self.mime = mime
+        self.width = width
+        self.height = height
+        # Filled by hash_image: content hashes of the raw bytes, so a failed decode
+        # still carries MD5/SHA-256 for exact-hash takedown lists.
+        self.hashes: ImageHashes | None = None
+
+
+class ImageTooLarge(ImageError):
+    """The header declares more pixels than the cap (a decompression bomb or just huge)."""
+
+    status = "too_large"
+
+
+class ImageDecodeError(ImageError):
+    """The format was identified but the data is broken (truncated, corrupt)."""
+
+    status = "decode_error"
+
+
+class NotAnImage(ImageDecodeError):
+    """No supported image format recognises the bytes at all (HTML, text, SVG, ...)."""
+
+    status = "not_image"
+
+
+@dataclasses.dataclass
+class DecodedImage:
+    """An RGB image plus what the file said about itself before any reduction."""
+
+    image: Image.Image  # RGB, EXIF orientation applied, possibly JPEG-draft reduced
+    format: str  # Pillow's format name, e.g. "JPEG"
+    mime: str | None  # e.g. "image/jpeg"
+    width: int  # full-resolution width as displayed (after EXIF orientation)
+    height: int
+
+
+@dataclasses.dataclass
+class ImageHashes:
+    """The hash columns of an audit row for one body of bytes."""
+
+    content_md5: str
+    content_sha256: str
+    bytes: int
+    mime: str | None = None
+    width: int | None = None
+    height: int | None = None
+    phash: str | None = None
+    pdq: str | None = None
+    pdq_quality: int | None = None
+
+    def to_columns(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(_EXIF_ORIENTATION_TAG, 1) or 1)
+    except Exception:  # malformed EXIF must not fail the image
+        return 1
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited on white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P":
+        # Palette transparency becomes real alpha, then goes through the alpha path.
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+        if mode == "RGB":
+            return img
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # 16-bit and float greyscale: Pillow's convert() clips to 0..255, which turns
+        # a 16-bit photo white. Scale 16-bit range to 8 bits instead.
+        arr = np.asarray(img, dtype=np.float64)
+        if arr.size and arr.max() > 255:
+            arr = arr / 257.0
+        grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa") or (
+        mode in ("L", "RGB") and "transparency" in img.info
+    ):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    # 1, L, CMYK, YCbCr, LAB, HSV, ...
+    return img.convert("RGB")
+
+
+def _short(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}"
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode image bytes to RGB, refusing anything over ``max_pixels`` before decoding.
+
+    Raises NotAnImage (no supported format), ImageTooLarge (width * height over the cap,
+    or over Pillow's own hard bomb limit) or ImageDecodeError (identified but broken);
+    errors carry the mime and the stored size when the header was readable.
+    Large JPEGs are decoded at a reduced DCT scale (``Image.draft``) that still leaves at
+    least HASH_MAX_SIDE px on the long side; width/height are always the full size as
+    displayed (after EXIF orientation).
+    """
+    try:
+        # Over Pillow's soft limit Image.open only warns; the cap below decides.
+        img = Image.open(io.BytesIO(data), formats=WEB_IMAGE_FORMATS)
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(_short(err)) from None
+    except UnidentifiedImageError:
+        raise NotAnImage("no supported image format recognised") from None
+    except Exception as err:  # a plugin accepted the magic bytes, then failed
+        raise ImageDecodeError(_short(err)) from None
+
+    fmt = img.format or "unknown"
+    mime = Image.MIME.get(fmt.upper())
+    # The cap is checked on the header's size, before anything can trigger a decode
+    # (even reading EXIF makes the PNG plugin load the whole image).
+    stored_w, stored_h = img.size
+    if stored_w <= 0 or stored_h <= 0:
+        raise ImageDecodeError(f"{fmt} declares an empty size {stored_w}x{stored_h}", mime=mime)
+    if stored_w * stored_h > max_pixels:
+        raise ImageTooLarge(
+            f"{stored_w}x{stored_h} = {stored_w * stored_h} pixels exceeds the cap of {max_pixels}",
+            mime=mime, width=stored_w, height=stored_h,
+        )
+
+    try:
+        long_side = max(stored_w, stored_h)
+        if fmt in ("JPEG", "MPO") and long_side >= _DRAFT_MIN_FACTOR * HASH_MAX_SIDE:
+            # Ask for the size the hash copy will have; draft picks the largest DCT
+            # scale whose result is still at least that big in both dimensions.
+            factor = HASH_MAX_SIDE / long_side
+            target = (max(1, round(stored_w * factor)), max(1, round(stored_h * factor)))
+            img.draft(None, target)
+        img.load()
+        width, height = stored_w, stored_h
+        if _exif_orientation(img) in _SWAPPING_ORIENTATIONS:
+            width, height = stored_h, stored_w
+        img = ImageOps.exif_transpose(img) or img
+        rgb = _to_rgb(img)
+        rgb.load()
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(_short(err), mime=mime, width=stored_w, height=stored_h) from None
+    except MemoryError:
+        raise ImageTooLarge("out of memory while decoding", mime=mime,
+                            width=stored_w, height=stored_h) from None
+    except Exception as err:  # truncated data, corrupt streams, unsupported sub-modes
+        raise ImageDecodeError(_short(err), mime=mime, width=stored_w, height=stored_h) from None
+    return DecodedImage(image=rgb, format=fmt, mime=mime, width=width, height=height)
+
+
+def downscale_for_hashing(img: Image.Image, max_side: int = HASH_MAX_SIDE) -> Image.Image:
+    """The copy every perceptual hash sees: long side <= max_side, aspect kept.
+
+    Lanczos (Pillow's best low-pass filter), with ``reducing_gap=3`` so that very large
+    inputs are first box-reduced by an integer factor: same result within rounding,
+    much faster. Images already small enough are returned as they are (no upscaling).
+    """
+    w, h = img.size
+    if max(w, h) <= max_side:
+        return img
+    scale = max_side / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+# ------------------------------------------------------------------------------ hashes
+
+
+def md5_sha256(data: bytes) -> tuple[str, str]:
+    """MD5 and SHA-256 of the raw bytes, lowercase hex."""
+    return hashlib.md5(data).hexdigest(), hashlib.sha256(data).hexdigest()
+
+
+def _hash_input(img: Image.Image) -> Image.Image:
+    # Idempotent on the audit path (already RGB and <= 512); makes a direct call with a
+    # full-size image hash the same pixels the audit would.
+    return downscale_for_hashing(_to_rgb(img))
+
+
+def phash_of(img: Image.Image) -> str:
+    """imagehash's 64-bit DCT pHash as 16 lowercase hex digits (``str(ImageHash)``)."""
+    return str(imagehash.phash(_hash_input(img)))
+
+
+def pdq_bits_to_hex(bits: Iterable[int]) -> str:
+    """PDQ's 256 bits, in pdqhash's vector order, as one big-endian number in hex.
+
+    This is python-threatexchange's format (``pdq_hasher._pdq_from_numpy_array``):
+    vector element 0 is the most significant bit, 64 lowercase hex digits.
+    """
+    bits = np.asarray(list(bits) if not isinstance(bits, np.ndarray) else bits)
+    if bits.shape != (256,):
+        raise ValueError(f"a PDQ hash has 256 bits, got shape {bits.shape}")
+    packed = np.packbits(bits.astype(bool))  # big-endian bit order within each byte
+    return packed.tobytes().hex()
+
+
+def _pdq_array(img: Image.Image) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(_hash_input(img), dtype=np.uint8))
+
+
+def pdq_of(img: Image.Image) -> tuple[str, int]:
+    """PDQ hash (64 hex digits, threatexchange format) and quality (0..100)."""
+    vector, quality = pdqhash.compute(_pdq_array(img))
+    return pdq_bits_to_hex(vector), int(quality)
+
+
+def pdq_dihedral_of(img: Image.Image) -> list[tuple[str, str, int]]:
+    """PDQ of the image's eight rotations/flips in one pass: (name, hex, quality).
+
+    Names follow PDQ_DIHEDRAL_NAMES (pdqhash's order); "original" equals ``pdq_of``.
+    """
+    vectors, quality = pdqhash.compute_dihedral(_pdq_array(img))
+    return [
+        (name, pdq_bits_to_hex(vector), int(quality))
+        for name, vector in zip(PDQ_DIHEDRAL_NAMES, vectors)
+    ]
+
+
+def hash_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[ImageHashes, Image.Image]:
+    """All hash columns for one body, plus the downscaled RGB copy they were computed on.
+
+    Raises ImageError subclasses (NotAnImage, ImageTooLarge, ImageDecodeError); the
+    raised error's ``hashes`` still holds content_md5 / content_sha256 / bytes, and the
+    mime and size when the header was readable.
+    """
+    md5_hex, sha256_hex = md5_sha256(data)
+    hashes = ImageHashes(content_md5=md5_hex, content_sha256=sha256_hex, bytes=len(data))
+    try:
+        decoded = decode_image(data, max_pixels)
+    except ImageError as err:
+        hashes.mime, hashes.width, hashes.height = err.mime, err.width, err.height
+        err.hashes = hashes
+        raise
+    small = downscale_for_hashing(decoded.image)
+    hashes.mime, hashes.width, hashes.height = decoded.mime, decoded.width, decoded.height
+    hashes.phash = phash_of(small)
+    hashes.pdq, hashes.pdq_quality = pdq_of(small)
+    return hashes, small
+
+
+def hash_record(record: dict, max_pixels: int = DEFAULT_MAX_PIXELS, keep_image: bool = False) -> dict:
+    """Fill the hash columns of a fetched record; never raises.
+
+    Takes the in-flight ``_body`` off the record (image bytes go no further). An ok
+    record becomes ok (hashed), too_large, decode_error, not_image or internal_error;
+    any other status passes through. With ``keep_image`` the downscaled RGB copy rides
+    along as ``_image`` for the embedding stage, so nothing decodes twice.
+    """
+    body = record.pop("_body", None)
+    if record.get("status") != "ok":
+        return record
+    try:
+        if body is None:
+            raise ValueError("record has status ok but no _body")
+        data = bytes(body)
+        try:
+            hashes, small = hash_image(data, max_pixels)
+        except ImageError as err:
+            if err.hashes is not None:
+                record.update(err.hashes.to_columns())
+            record["status"] = err.status
+            record["error"] = str(err)[:_MAX_ERROR_CHARS]
+            return record
+        record.update(hashes.to_columns())
+        if keep_image:
+            record["_image"] = small
+    except Exception as err:  # a bug or an environment problem: keep the row, say so
+        _LOG.warning("hashing failed for row %s: %s", record.get("row_id"), type(err).__name__)
+        record["status"] = "internal_error"
+        record["error"] = _short(err)
+        record.pop("_image", None)
+    return record
+
+
+# ----------------------------------------------------------------------------- Beam
+
+
+class DecodeAndHash(beam.DoFn):
+    """hash_record on each record; counts each resulting status as hash/status_<s>."""
+
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, keep_image: bool = False) -> None:
+        self.max_pixels = int(max_pixels)
+        self.keep_image = bool(keep_image)
+        self._counters: dict = {}
+
+    def setup(self) -> None:
+        self._counters = {}
+
+    def _count(self, status: str) -> None:
+        counter = self._counters.get(status)
+        if counter is None:
+            counter = self._counters[status] = Metrics.counter("hash", f"status_{status}")
+        counter.inc()
+
+    def process(self, record: dict) -> Iterator[dict]:
+        # Every record is counted once, so the status counters sum to the rows in.
+        out = hash_record(record, self.max_pixels, self.keep_image)
+        self._count(str(out.get("status")))
+        yield out
+
+
+class HashImages(beam.PTransform):
+    """Decode + hash every fetched record (records in, same records with hashes out)."""
+
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, keep_image: bool = False,
+                 label: str | None = None) -> None:
+        super().__init__(label)
+        self.max_pixels = max_pixels
+        self.keep_image = keep_image
+
+    def expand(self, records):
+        return records | "DecodeAndHash" >> beam.ParDo(
+            DecodeAndHash(self.max_pixels, self.keep_image)
+        )
+
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "HASH_MAX_SIDE",
+    "PDQ_DIHEDRAL_NAMES",
+    "WEB_IMAGE_FORMATS",
+    "DecodeAndHash",
+    "DecodedImage",
+    "HashImages",
+    "ImageDecodeError",
+    "ImageError",
+    "ImageHashes",
+    "ImageTooLarge",
+    "NotAnImage",
+    "decode_image",
+    "downscale_for_hashing",
+    "hash_image",
+    "hash_record",
+    "md5_sha256",
+    "pdq_bits_to_hex",
+    "pdq_dihedral_of",
+    "pdq_of",
+    "phash_of",
+]
