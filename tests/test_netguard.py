@@ -1,0 +1,232 @@
+"""The address guard: literal spellings, forbidden ranges, URL form, guarded DNS."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+import pytest
+
+from transforms.netguard import (
+    BlockedAddressError,
+    GuardedResolver,
+    check_host,
+    check_url,
+    is_forbidden_address,
+    parse_host_literal,
+)
+
+LOOPBACK_SPELLINGS = [
+    "127.0.0.1",
+    "2130706433",  # one decimal number
+    "0x7f000001",  # one hex number
+    "0X7F000001",
+    "0x7f.0.0.1",  # hex part
+    "0x7f.1",
+    "0177.0.0.1",  # octal part
+    "017700000001",  # one octal number
+    "127.1",  # short forms
+    "127.0.1",
+    "127.000.000.001",
+    "127.0.0.1.",  # trailing dot
+    "127.255.255.254",
+    "[::1]",
+    "::1",
+    "0:0:0:0:0:0:0:1",
+    "[::ffff:127.0.0.1]",  # IPv4-mapped
+    "::ffff:7f00:1",
+    "[::127.0.0.1]",  # IPv4-compatible (deprecated)
+    "2002:7f00:1::",  # 6to4 of 127.0.0.1
+    "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+]
+
+
+@pytest.mark.parametrize("host", LOOPBACK_SPELLINGS)
+def test_every_loopback_spelling_is_recognised_and_forbidden(host: str) -> None:
+    ip = parse_host_literal(host)
+    assert ip is not None
+    assert is_forbidden_address(ip) is not None
+    assert check_host(host) is not None
+
+
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        ("2130706433", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("10.1", "10.0.0.1"),
+        ("192.168.257", "192.168.1.1"),  # a.b.c: c fills the last 16 bits
+        ("0xa9.0xfe.0xa9.0xfe", "169.254.169.254"),
+        ("[fe80::1%25eth0]", "fe80::1"),  # zone id, URL-encoded
+        ("fe80::1%eth0", "fe80::1"),
+        ("[::FFFF:7F00:1]", "::ffff:7f00:1"),
+        ("8.8.8.8", "8.8.8.8"),
+    ],
+)
+def test_parse_host_literal_reads_inet_aton_forms(host: str, expected: str) -> None:
+    assert parse_host_literal(host) == ipaddress.ip_address(expected)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["example.com", "localhost", "1.2.3.4.5", "256.0.0.1", "1.2.3.4a", "08.0.0.1",
+     "4294967296", "0xfffffffff", "", "[not:an:address]", "1..2.3"],
+)
+def test_names_and_malformed_numbers_are_not_literals(host: str) -> None:
+    assert parse_host_literal(host) is None
+
+
+@pytest.mark.parametrize(
+    "address, words",
+    [
+        ("10.0.0.1", "private"),
+        ("172.16.5.4", "private"),
+        ("192.168.0.1", "private"),
+        ("169.254.1.1", "link-local"),
+        ("169.254.169.254", "metadata"),
+        ("100.100.100.200", "metadata"),
+        ("fd00:ec2::254", "metadata"),
+        ("::ffff:169.254.169.254", "metadata"),
+        ("100.64.0.1", "shared"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("240.0.0.1", ""),
+        ("255.255.255.255", "broadcast"),
+        ("fe80::1", "link-local"),
+        ("fc00::1", "private"),
+        ("fec0::1", "site-local"),
+        ("::ffff:10.0.0.1", "private"),
+        ("2002:a00:1::", "6to4"),  # 6to4 of 10.0.0.1
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "Teredo"),  # client 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", "NAT64"),  # 169.254.169.254 via NAT64
+        ("64:ff9b:1::1", "NAT64"),
+    ],
+)
+def test_forbidden_ranges_have_reasons(address: str, words: str) -> None:
+    reason = is_forbidden_address(ipaddress.ip_address(address))
+    assert reason is not None
+    assert words.lower() in reason.lower()
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "2001:4860:4860::8888",
+     "::ffff:8.8.8.8", "2002:808:808::", "64:ff9b::808:808"],
+)
+def test_public_addresses_are_allowed(address: str) -> None:
+    assert is_forbidden_address(ipaddress.ip_address(address)) is None
+    assert is_forbidden_address(address) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/x.jpg",
+        "HTTP://127.0.0.1/x.jpg",
+        "http://2130706433/",
+        "http://0x7f000001/",
+        "http://0x7f.0.0.1/",
+        "http://0177.0.0.1/",
+        "http://127.1/",
+        "http://127.0.0.1./",
+        "http://[::1]:8080/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[::ffff:7f00:1]/",
+        "http://example.com@127.0.0.1/",  # userinfo: the host is what follows @
+        "http://user:pass@127.0.0.1:80/",
+        "https://10.0.0.1/",
+        "http://10.1/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://METADATA.GOOGLE.INTERNAL./computeMetadata/v1/",
+        "http://100.100.100.200/latest/meta-data/",
+        "http://127\u30020\u30020\u30021/",  # ideographic full stops, normalised by IDNA
+        "http://\uff11\uff12\uff17.0.0.1/",  # full-width digits
+        "http://[fe80::1%25eth0]/",
+    ],
+)
+def test_check_url_blocks_forbidden_literals(url: str) -> None:
+    verdict = check_url(url)
+    assert not verdict.ok
+    assert verdict.status == "blocked_address"
+    assert verdict.url is None
+    # Turning the guard off lets the same URL through with its form intact.
+    assert check_url(url, allow_private_networks=True).ok
+
+
+@pytest.mark.parametrize(
+    "url",
+    [None, "", "   ", 123, b"http://example.com/", ["http://example.com/"], "ftp://x",
+     "ftp://example.com/a.jpg", "javascript:alert(1)", "data:image/png;base64,AAAA",
+     "file:///etc/passwd", "http://", "http:///x.jpg", "not a url", "//example.com/a.jpg",
+     "http://exa mple.com/"],
+)
+def test_check_url_rejects_malformed_urls(url: object) -> None:
+    verdict = check_url(url, allow_private_networks=True)
+    assert not verdict.ok
+    assert verdict.status == "invalid_url"
+    assert verdict.reason
+
+
+@pytest.mark.parametrize(
+    "url", ["http://example.com/a.jpg", "https://example.com:8443/a.jpg?x=1",
+            "HTTPS://Example.COM/a.jpg", "http://8.8.8.8/a.png", "http://[2606:4700::1111]/a"],
+)
+def test_check_url_accepts_public_http_urls(url: str) -> None:
+    verdict = check_url(url)
+    assert verdict.ok and verdict.status is None and verdict.url is not None
+    assert verdict.url.scheme in ("http", "https")
+
+
+def test_exempt_hosts_match_spelling_and_port() -> None:
+    exempt = ("127.0.0.1:8080", "mirror.internal")
+    assert check_url("http://127.0.0.1:8080/a", allowed_hosts=exempt).ok
+    assert not check_url("http://127.0.0.1:9090/a", allowed_hosts=exempt).ok
+    assert not check_url("http://127.1:8080/a", allowed_hosts=exempt).ok  # other spelling
+    assert check_url("http://MIRROR.internal:1234/a", allowed_hosts=exempt).ok
+
+
+def _resolve(resolver: GuardedResolver, host: str, port: int = 80) -> list:
+    async def run() -> list:
+        try:
+            return await resolver.resolve(host, port, socket.AF_INET)
+        finally:
+            await resolver.close()
+
+    return asyncio.run(run())
+
+
+def test_resolver_refuses_names_that_resolve_to_loopback() -> None:
+    # "localhost" is a name, not a literal: only the resolved address gives it away.
+    assert check_url("http://localhost/").ok
+    with pytest.raises(BlockedAddressError) as info:
+        _resolve(GuardedResolver(), "localhost")
+    assert "loopback" in info.value.reason
+    assert isinstance(info.value, OSError)  # aiohttp wraps OSErrors from resolvers
+
+
+def test_resolver_refuses_hex_names_that_libc_reads_as_loopback() -> None:
+    # aiohttp hands "0x7f.1" to the resolver (not all digits); getaddrinfo reads it as
+    # 127.0.0.1. The resolver must catch it even where check_url was skipped.
+    with pytest.raises(BlockedAddressError):
+        _resolve(GuardedResolver(), "0x7f.1")
+
+
+def test_resolver_refuses_metadata_names_without_looking_them_up() -> None:
+    with pytest.raises(BlockedAddressError) as info:
+        _resolve(GuardedResolver(), "metadata.google.internal")
+    assert "metadata" in info.value.reason
+
+
+def test_resolver_passes_addresses_through_when_allowed() -> None:
+    infos = _resolve(GuardedResolver(allow_private_networks=True), "localhost", 8080)
+    assert infos and all(info["port"] == 8080 for info in infos)
+    assert {info["host"] for info in infos} >= {"127.0.0.1"}
+    exempt = _resolve(GuardedResolver(allowed_hosts=["localhost:8080"]), "localhost", 8080)
+    assert exempt
+    with pytest.raises(BlockedAddressError):
+        _resolve(GuardedResolver(allowed_hosts=["localhost:8080"]), "localhost", 9090)
