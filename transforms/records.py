@@ -35,6 +35,7 @@ MATCH_TYPE = pa.struct(
         ("entry_id", pa.string()),
         ("kind", pa.string()),
         ("distance", pa.float64()),
+        ("reason", pa.string()),  # the list entry's reason, when it gives one
     ]
 )
 
@@ -71,6 +72,24 @@ AUDIT_SCHEMA = pa.schema(
 
 AUDIT_COLUMNS = tuple(AUDIT_SCHEMA.names)
 
+# removals/: where the sensitive images are. For the operator only.
+REMOVAL_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.string()),
+        ("row_key", pa.string()),
+        ("url", pa.string()),
+        ("url_sha256", pa.string()),
+        ("list_id", pa.string()),
+        ("entry_id", pa.string()),
+        ("kind", pa.string()),
+        ("distance", pa.float64()),
+        ("reason", pa.string()),
+    ]
+)
+
+# published/: safe to post so others clean their copies: no URL, caption, hash or reason.
+PUBLISHED_SCHEMA = pa.schema([("url_sha256", pa.string()), ("row_key", pa.string())])
+
 
 def new_record(row_id: str, url, caption, row_key: str | None = None) -> dict:
     """A fresh audit row with every contract column present (unknowns as None)."""
@@ -97,3 +116,25 @@ def audit_row(record: dict) -> dict:
     if isinstance(row["scores"], dict):
         row["scores"] = list(row["scores"].items())
     return row
+
+
+def removal_rows(record: dict) -> list[dict]:
+    """The removals/ rows of a removed record: one per takedown match, or one per
+    policy reason when a policy (not a list) removed it."""
+    base = {k: record.get(k) for k in ("row_id", "row_key", "url", "url_sha256")}
+    rows = [
+        {**base, "list_id": m.get("list_id"), "entry_id": m.get("entry_id"), "kind": m.get("kind"),
+         "distance": m.get("distance"), "reason": m.get("reason")}
+        for m in record.get("matches") or ()
+    ]
+    if not rows:
+        rows = [
+            {**base, "list_id": None, "entry_id": None, "kind": None, "distance": None, "reason": reason}
+            for reason in record.get("reasons") or ("removed",)
+        ]
+    return rows
+
+
+def published_row(record: dict) -> dict:
+    """What may be posted publicly: the URL's hash and the dataset's own key for the row."""
+    return {"url_sha256": record.get("url_sha256"), "row_key": record.get("row_key") or record["row_id"]}

@@ -13,7 +13,15 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.records import AUDIT_SCHEMA, STATUSES, audit_row
+from transforms.records import (
+    AUDIT_SCHEMA,
+    PUBLISHED_SCHEMA,
+    REMOVAL_SCHEMA,
+    STATUSES,
+    audit_row,
+    published_row,
+    removal_rows,
+)
 
 
 def output_dir(output_path: str, name: str) -> str:
@@ -58,15 +66,35 @@ class WriteAudit(beam.PTransform):
         return (
             records
             | "ToAuditRow" >> beam.ParDo(_ToAuditRow())
-            | "WriteParquet"
-            >> beam.io.WriteToParquet(
-                self._prefix,
-                schema=AUDIT_SCHEMA,
-                file_name_suffix=".parquet",
-                num_shards=self._num_shards,
-                codec="zstd",
-            )
+            | "WriteParquet" >> _parquet(self._prefix, AUDIT_SCHEMA, self._num_shards)
         )
+
+
+def _parquet(prefix: str, schema, num_shards: int = 0) -> beam.io.WriteToParquet:
+    return beam.io.WriteToParquet(
+        prefix, schema=schema, file_name_suffix=".parquet", num_shards=num_shards, codec="zstd"
+    )
+
+
+class WriteRemovals(beam.PTransform):
+    """Removed records -> `removals/` (operator only) and `published/` (safe to post)."""
+
+    def __init__(self, output_path: str):
+        super().__init__()
+        self._output = output_path
+
+    def expand(self, removed):
+        removals = (
+            removed
+            | "RemovalRows" >> beam.FlatMap(removal_rows)
+            | "WriteRemovals" >> _parquet(output_dir(self._output, "removals/part"), REMOVAL_SCHEMA)
+        )
+        published = (
+            removed
+            | "PublishedRows" >> beam.Map(published_row)
+            | "WritePublished" >> _parquet(output_dir(self._output, "published/part"), PUBLISHED_SCHEMA)
+        )
+        return removals, published
 
 
 class SummaryFn(beam.CombineFn):

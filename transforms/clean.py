@@ -1,0 +1,161 @@
+"""Clean stage: a copy of the dataset with removed rows left out, in the input's own
+format, columns and types — a drop-in replacement for the original files.
+
+One output file per input file, same base name, so a cleaned shard replaces its original.
+Rows are dropped either by audit row id (the audit's own `clean/`) or by `url_sha256`
+(`laion-audit apply`, which cleans any copy of the dataset with a published removal list).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import posixpath
+from typing import Callable, Iterable
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms.read import DatasetSpec, format_of
+from transforms.signals import url_sha256_of
+from transforms.write import output_dir
+
+# (row ids, url values) of one block of rows -> which rows to drop
+DropRule = Callable[[list[str], list], list[bool]]
+
+
+def drop_by_row_id(removed: set[str]) -> DropRule:
+    return lambda row_ids, urls: [row_id in removed for row_id in row_ids]
+
+
+def drop_by_url_sha256(removed: set[str]) -> DropRule:
+    def rule(row_ids, urls):
+        return [isinstance(u, str) and bool(u.strip()) and url_sha256_of(u) in removed for u in urls]
+
+    return rule
+
+
+def _row_ids(source: str, start: int, count: int, keys: list | None) -> list[str]:
+    if keys is not None:
+        return [str(k) if k is not None else f"{source}:{start + i}" for i, k in enumerate(keys)]
+    return [f"{source}:{start + i}" for i in range(count)]
+
+
+def clean_file(path: str, source: str, out_path: str, spec: DatasetSpec, drop: DropRule) -> tuple[int, int]:
+    """Copy `path` to `out_path` without the rows `drop` selects; return (kept, dropped).
+
+    Row ids are computed exactly as the read stage computes them, so `drop_by_row_id`
+    with the audit's removals selects the same rows the audit removed.
+    """
+    fmt = format_of(path, spec.format)
+    if fmt == "parquet":
+        return _clean_parquet(path, source, out_path, spec, drop)
+    return _clean_text(path, source, out_path, spec, drop, fmt)
+
+
+def _clean_parquet(path, source, out_path, spec, drop) -> tuple[int, int]:
+    kept = dropped = 0
+    position = 0
+    with FileSystems.open(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        schema = parquet.schema_arrow
+        with FileSystems.create(out_path) as sink, pq.ParquetWriter(sink, schema) as writer:
+            for batch in parquet.iter_batches(batch_size=spec.read_batch_rows):
+                urls = batch.column(spec.url_col).to_pylist()
+                keys = batch.column(spec.id_col).to_pylist() if spec.id_col else None
+                mask = drop(_row_ids(source, position, batch.num_rows, keys), urls)
+                position += batch.num_rows
+                keep = pc.invert(pa.array(mask, pa.bool_()))
+                table = pa.Table.from_batches([batch], schema=schema).filter(keep)
+                writer.write_table(table)
+                kept += table.num_rows
+                dropped += batch.num_rows - table.num_rows
+    return kept, dropped
+
+
+def _clean_text(path, source, out_path, spec, drop, fmt) -> tuple[int, int]:
+    """CSV/TSV rows are rewritten with the same header; JSONL lines are copied verbatim."""
+    kept = dropped = 0
+    with FileSystems.open(path) as handle, FileSystems.create(out_path) as sink:
+        text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+        out = io.TextIOWrapper(sink, encoding="utf-8", newline="")
+        if fmt in ("csv", "tsv"):
+            delimiter = "," if fmt == "csv" else "\t"
+            reader = csv.DictReader(text, delimiter=delimiter)
+            writer = csv.DictWriter(out, fieldnames=reader.fieldnames or [], delimiter=delimiter,
+                                    lineterminator="\n")
+            writer.writeheader()
+            for position, row in enumerate(reader):
+                key = [row.get(spec.id_col)] if spec.id_col else None
+                if drop(_row_ids(source, position, 1, key), [row.get(spec.url_col)])[0]:
+                    dropped += 1
+                else:
+                    writer.writerow(row)
+                    kept += 1
+        else:
+            position = 0
+            for line in text:
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                row = row if isinstance(row, dict) else {}
+                key = [row.get(spec.id_col)] if spec.id_col else None
+                if drop(_row_ids(source, position, 1, key), [row.get(spec.url_col)])[0]:
+                    dropped += 1
+                else:
+                    out.write(line if line.endswith("\n") else line + "\n")
+                    kept += 1
+                position += 1
+        out.flush()
+        out.detach()
+    return kept, dropped
+
+
+class _CleanFiles(beam.DoFn):
+    def __init__(self, spec: DatasetSpec, sources: dict[str, str], out_dir: str, by: str):
+        self._spec, self._sources, self._out_dir, self._by = spec, sources, out_dir, by
+        self._kept = Metrics.counter("clean", "rows_kept")
+        self._dropped = Metrics.counter("clean", "rows_dropped")
+
+    def process(self, path: str, removed: Iterable[str]):
+        removed = set(removed)
+        rule = drop_by_row_id(removed) if self._by == "row_id" else drop_by_url_sha256(removed)
+        source = self._sources[path]
+        out_path = output_dir(self._out_dir, source)
+        if "://" not in out_path:  # local sinks need their folders; object stores don't
+            os.makedirs(posixpath.dirname(out_path), exist_ok=True)
+        kept, dropped = clean_file(path, source, out_path, self._spec, rule)
+        self._kept.inc(kept)
+        self._dropped.inc(dropped)
+        yield {"file": out_path, "kept": kept, "dropped": dropped}
+
+
+class WriteCleanDataset(beam.PTransform):
+    """Input files + removed keys (row ids or url_sha256s, a PCollection of str) ->
+    cleaned files under `out_dir`, one per input file.
+
+    The removed keys reach each worker as a side input: a removal list is small next to
+    the dataset (thousands to millions of keys against billions of rows)."""
+
+    def __init__(self, paths: list[str], sources: dict[str, str], spec: DatasetSpec, out_dir: str, by: str = "row_id"):
+        super().__init__()
+        if by not in ("row_id", "url_sha256"):
+            raise ValueError(f"by must be row_id or url_sha256, not {by!r}")
+        self._paths, self._sources, self._spec, self._out_dir, self._by = paths, sources, spec, out_dir, by
+
+    def expand(self, removed_keys):
+        return (
+            removed_keys.pipeline
+            | "CleanFiles" >> beam.Create(self._paths)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "Filter"
+            >> beam.ParDo(
+                _CleanFiles(self._spec, self._sources, self._out_dir, self._by),
+                beam.pvalue.AsList(removed_keys),
+            )
+        )
