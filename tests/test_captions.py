@@ -1,0 +1,413 @@
+"""Caption flags: personal data and medical context, in English, German, French, Spanish
+and Portuguese; the check digits that separate identity numbers from other numbers; and
+the data file's loader."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from transforms.captions import (
+    CAPTION_FLAGS,
+    REQUIRED_LANGUAGES,
+    CaptionScanner,
+    CaptionTermsError,
+    caption_flags,
+    caption_flags_batch,
+    fold_text,
+    load_caption_terms,
+    parse_caption_terms,
+)
+
+
+def _has(flag: str, text: str) -> bool:
+    return flag in caption_flags(text)
+
+
+# --------------------------------------------------------------------------- contract
+
+def test_flag_names_are_sorted_and_every_flag_can_fire():
+    assert list(CAPTION_FLAGS) == sorted(set(CAPTION_FLAGS))
+    everything = (
+        "Dr. Müller rhinoplasty before and after, write to mueller@example.org or call "
+        "(555) 123-4567, 221B Baker Street, SSN 123-45-6789, instagram.com/mueller.clinic"
+    )
+    assert caption_flags(everything) == list(CAPTION_FLAGS)
+
+
+@pytest.mark.parametrize("value", [None, "", 42, 3.5, b"post-op scar", ["post-op"]])
+def test_non_text_and_empty_captions_have_no_flags(value):
+    assert caption_flags(value) == []
+
+
+def test_batch_matches_one_by_one_and_keeps_order():
+    texts = ["post-op scar", None, "Summer 2019", "post-op scar", "mail: a.b@example.com", 7]
+    batch = caption_flags_batch(texts)
+    assert batch == [caption_flags(t) for t in texts]
+    # Repeated captions share a scan, not a list: changing one result leaves the other.
+    batch[0].append("x")
+    assert batch[3] == ["medical_term"]
+
+
+def test_fold_text_removes_case_and_accents():
+    assert fold_text("Pós-Operatório") == "pos-operatorio"
+    assert fold_text("HAUPTSTRASSE") == fold_text("Hauptstraße")
+    assert fold_text("Cœur") == "coeur"
+
+
+# --------------------------------------------------------------------------- email
+
+@pytest.mark.parametrize("text", [
+    "Contact: maria.silva+photos@example.com.br",
+    "Kontakt: HANS.MUELLER@WEB.DE",
+    "écrivez-moi à jean-pierre@orange.fr.",
+    "escríbeme a ana (at) gmail (dot) com",
+    "fale comigo: joao[at]uol.com.br",
+])
+def test_email_found(text):
+    assert _has("email", text)
+
+
+@pytest.mark.parametrize("text", [
+    "logo@2x.png",
+    "icon@3x.webp retina",
+    "follow @maria.silva for more",
+    "Sale @ 50% off",
+    "what happened at the meeting (at) noon",
+])
+def test_email_not_found(text):
+    assert not _has("email", text)
+
+
+# --------------------------------------------------------------------------- phone
+
+@pytest.mark.parametrize("text", [
+    "Call us (555) 123-4567 today",
+    "office 555-123-4567",
+    "UK mobile 07700 900123",
+    "London 020 7946 0958",
+    "Handy 0151 23456789",
+    "Praxis: 089/1234567",
+    "appelez le 06 12 34 56 78",
+    "tél. 06.12.34.56.78",
+    "llámame 612 34 56 78",
+    "fijo 912 345 678",
+    "WhatsApp (11) 91234-5678",
+    "ligue 11 91234-5678",
+    "+49 151 23456789",
+    "+1 (555) 123-4567",
+    "+33 6 12 34 56 78",
+    "Tel: 612345678",
+])
+def test_phone_found(text):
+    assert _has("phone", text)
+
+
+@pytest.mark.parametrize("text", [
+    "1920x1080 wallpaper",
+    "iPhone 12 case $19.99",
+    "Summer 2019",
+    "Born 12.05.1985 in Lyon",
+    "Order 2019-05-12",
+    "01.02.2019 10:30",
+    "Price: 1,299,000 VND",
+    "+12.000.000 views",
+    "ISBN 978-3-16-148410-0",
+    "Canon EOS 5D Mark IV 24-105mm f/4",
+    "GPS 40.7128 -74.0060",
+    "size 36-38 EU",
+    "score +3.5%",
+])
+def test_phone_not_found(text):
+    assert not _has("phone", text)
+
+
+# --------------------------------------------------------------------------- street address
+
+@pytest.mark.parametrize("text", [
+    "221B Baker Street, London",
+    "our house at 42 Wallaby Way",
+    "1600 Pennsylvania Avenue",
+    "Hauptstraße 5, Berlin",
+    "HAUPTSTRASSE 5",
+    "Berliner Straße 12",
+    "Hauptstr. 5a",
+    "12 rue de la Paix",
+    "5 Avenue Montaigne, Paris",
+    "Calle Mayor 3, Madrid",
+    "Calle de Alcalá, 42",
+    "Rua Augusta 100, Lisboa",
+    "Avenida Paulista, 1578",
+    "Av. Paulista nº 1000",
+])
+def test_street_address_found(text):
+    assert _has("street_address", text)
+
+
+@pytest.mark.parametrize("text", [
+    "Berlin Street Art",
+    "Baker Street at night",
+    "Avenida Paulista",
+    "Top 10 Street Style looks",
+    "10 Best Street Foods in Bangkok",
+    "1969 Abbey Road vinyl",
+    "Spring 2019 collection",
+    "earring 2 pairs",
+    "Platz 1 der Charts",
+    "12 place settings",
+    "3 square meters",
+    "12 tips for street photography",
+])
+def test_street_address_not_found(text):
+    assert not _has("street_address", text)
+
+
+# --------------------------------------------------------------------------- national id
+
+def _cpf_with_check_digits(first9: str) -> str:
+    """Independent CPF check-digit computation, to build valid and invalid numbers."""
+    digits = [int(d) for d in first9]
+    for size in (9, 10):
+        total = sum(d * w for d, w in zip(digits, range(size + 1, 1, -1)))
+        digits.append((total * 10) % 11 % 10)
+    s = "".join(map(str, digits))
+    return f"{s[:3]}.{s[3:6]}.{s[6:9]}-{s[9:]}"
+
+
+def _dni(number: int) -> str:
+    return f"{number:08d}" + "TRWAGMYFPDXBNJZSQVHLCKE"[number % 23]
+
+
+def _nir(body13: str) -> str:
+    key = 97 - int(body13) % 97
+    b = body13
+    return f"{b[0]} {b[1:3]} {b[3:5]} {b[5:7]} {b[7:10]} {b[10:13]} {key:02d}"
+
+
+@pytest.mark.parametrize("text", [
+    "SSN 123-45-6789",
+    "my social security number is 123 45 6789",
+    "CPF 123.456.789-09",
+    "cpf: " + _cpf_with_check_digits("529982247").replace(".", "").replace("-", ""),
+    _cpf_with_check_digits("111444777"),
+    "DNI " + _dni(12345678),
+    "NIE X1234567L",
+    "NI number AB123456C",
+    "NINO: AB 12 34 56 C",
+    "Passport no. X1234567",
+    "Reisepass C01X00T47",
+    "numéro de passeport : 12AB34567",
+    "pasaporte nº PAB123456",
+    "Personalausweis L01X00T47",
+    "INSEE " + _nir("1850578006084"),
+    _nir("2690299341732"),
+])
+def test_national_id_found(text):
+    assert _has("national_id", text)
+
+
+def _broken_cpf() -> str:
+    valid = _cpf_with_check_digits("123456789")
+    return valid[:-1] + str((int(valid[-1]) + 1) % 10)
+
+
+def _broken_dni() -> str:
+    valid = _dni(12345678)
+    letters = "TRWAGMYFPDXBNJZSQVHLCKE"
+    return valid[:-1] + letters[(letters.index(valid[-1]) + 1) % 23]
+
+
+def _broken_nir() -> str:
+    valid = _nir("1850578006084")
+    key = int(valid[-2:])
+    return valid[:-2] + f"{(key % 97) + 1:02d}"
+
+
+@pytest.mark.parametrize("text", [
+    "CPF " + _broken_cpf(),
+    "111.111.111-11",  # right check digits, but never issued
+    "DNI " + _broken_dni(),
+    _broken_nir(),
+    "000-12-3456",  # SSN area 000 is not issued
+    "666-12-3456",
+    "QQ123456C",  # Q is not an NI prefix letter
+    "passport photo 35x45mm",
+    "Passport to Pimlico 1949",
+    "product code 12345678",
+    "Summer 2019",
+])
+def test_national_id_not_found(text):
+    assert not _has("national_id", text)
+
+
+# --------------------------------------------------------------------------- handles
+
+@pytest.mark.parametrize("text", [
+    "more on instagram.com/maria.silva",
+    "https://www.instagram.com/maria_silva/",
+    "https://m.facebook.com/hans.mueller",
+    "twitter.com/jdoe",
+    "https://x.com/jdoe/status/123",
+    "tiktok.com/@maria",
+    "vk.com/id12345",
+    "linkedin.com/in/jane-doe",
+    "IG: @maria.silva",
+    "suivez-moi sur instagram @jean_pierre",
+])
+def test_personal_handle_found(text):
+    assert _has("personal_handle_url", text)
+
+
+@pytest.mark.parametrize("text", [
+    "https://www.instagram.com/p/Bx1abc/",
+    "instagram.com/explore/tags/food",
+    "facebook.com/sharer.php?u=x",
+    "https://twitter.com/intent/tweet",
+    "tiktok.com/tag/food",
+    "dropbox.com/files",
+    "linkedin.com/company/acme",
+    "Sale @ 50% off",
+    "photo @ the beach",
+])
+def test_personal_handle_not_found(text):
+    assert not _has("personal_handle_url", text)
+
+
+# --------------------------------------------------------------------------- medical terms
+
+@pytest.mark.parametrize("text", [
+    "post-op day 3",
+    "Post Op swelling",
+    "postop photo",
+    "rhinoplasty before and after",
+    "#beforeandafter tummy tuck",
+    "chest X-ray",
+    "MRI of the knee",
+    "melanoma on the back",
+    "scars after surgery",
+    "Narbe nach der OP",
+    "Röntgenbild Hand",
+    "RÖNTGEN Thorax",
+    "cicatrice après une césarienne",
+    "échographie du foie",
+    "cicatriz después de la cirugía",
+    "RADIOGRAFÍA de tórax",
+    "pós-operatório",
+    "pos operatorio",
+    "Pós Operatório de abdominoplastia",
+])
+def test_medical_term_found(text):
+    assert _has("medical_term", text)
+
+
+@pytest.mark.parametrize("text", [
+    "Summer 2019",
+    "kitchen renovation",
+    "scary movie night",  # "scar" inside a word
+    "operator console",
+    "the opera house",
+    "Berlin Street Art",
+    "Narbonne old town",
+    "tumbler glass",
+])
+def test_medical_term_not_found(text):
+    assert not _has("medical_term", text)
+
+
+def test_every_language_has_a_few_dozen_terms():
+    terms = load_caption_terms()
+    for language in REQUIRED_LANGUAGES:
+        assert len(terms.medical_terms[language]) >= 30, language
+
+
+def test_every_listed_term_matches_itself_in_a_sentence():
+    terms = load_caption_terms()
+    for language, words in terms.medical_terms.items():
+        for term in words:
+            assert _has("medical_term", f"photo: {term} (2020)"), (language, term)
+
+
+# --------------------------------------------------------------------------- names
+
+@pytest.mark.parametrize("text", [
+    "Dr. Müller rhinoplasty before and after",
+    "Maria Silva pós-operatório",
+    "patient John after surgery",
+    "A photo of Anna Kowalski after her mastectomy",
+    "Frau Schmidt: Narbe nach der OP",
+    "Prof. Dr. med. Weber Brustvergrößerung",
+    "Mme Dupont après rhinoplastie",
+    "Sra. García antes y después de la cirugía",
+    "paciente Ana Souza, cirurgia de catarata",
+    "X-ray of the hand of Peter Krause",
+])
+def test_name_with_medical_term_found(text):
+    flags = caption_flags(text)
+    assert "name_with_medical_term" in flags and "medical_term" in flags
+
+
+@pytest.mark.parametrize("text", [
+    "Rhinoplasty before and after results",
+    "Before And After Tummy Tuck Surgery Results",
+    "Best plastic surgeon in Los Angeles",
+    "Mayo Clinic cancer center",
+    "post-op scar, 3 weeks",
+    "MRI SCAN OF THE BRAIN",
+    "Dr. Müller on holiday in Spain",  # a name but nothing medical
+    "Maria Silva at the beach",
+    "Maria Silva at the beach with her dog and two cats in the sun, next to the old "
+    "hospital",  # too far apart
+])
+def test_name_with_medical_term_not_found(text):
+    assert "name_with_medical_term" not in caption_flags(text)
+
+
+# --------------------------------------------------------------------------- data file
+
+def _raw_terms() -> dict:
+    from importlib.resources import files
+
+    return yaml.safe_load(files("transforms").joinpath("data/caption_terms.yaml").read_text())
+
+
+def test_packaged_terms_validate_and_load_once():
+    assert load_caption_terms() is load_caption_terms()
+    parse_caption_terms(_raw_terms())
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda d: d["medical_terms"].pop("pt"), "missing pt"),
+    (lambda d: d["medical_terms"]["de"].append(False), "medical_terms.de"),
+    (lambda d: d["names"].update(titles=[]), "names.titles"),
+    (lambda d: d["streets"].pop("de_suffixes"), "missing de_suffixes"),
+    (lambda d: d["contexts"]["phone"].append(" tel"), "contexts.phone"),
+    (lambda d: d.update(medcial_terms={}), "unknown section"),
+    (lambda d: d.update(version=2), "version"),
+    (lambda d: d["social_profiles"].append({"host": "Example"}), "host"),
+    (lambda d: d["social_profiles"].append({"host": "a.com", "reservd": []}), "unknown key"),
+])
+def test_malformed_terms_are_rejected(breakage, message):
+    data = copy.deepcopy(_raw_terms())
+    breakage(data)
+    with pytest.raises(CaptionTermsError, match=message):
+        parse_caption_terms(data)
+
+
+def test_yaml_booleans_in_word_lists_are_caught(tmp_path):
+    path = tmp_path / "terms.yaml"
+    raw = _raw_terms()
+    text = yaml.safe_dump(raw, allow_unicode=True).replace("- oder\n", "- no\n", 1)
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(CaptionTermsError, match='quote words like "no"'):
+        load_caption_terms(str(path))
+
+
+def test_a_custom_terms_file_drives_its_own_scanner(tmp_path):
+    raw = _raw_terms()
+    raw["medical_terms"]["en"].append("frobnication")
+    path = tmp_path / "terms.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    scanner = CaptionScanner(load_caption_terms(str(path)))
+    assert scanner.flags("post frobnication photo") == ["medical_term"]
+    assert caption_flags("post frobnication photo") == []

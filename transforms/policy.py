@@ -1,0 +1,455 @@
+"""Removal and review policies: small boolean expressions over an audit record, and the
+keep / review / remove decision they drive.
+
+A policy is written in config (``policy.remove_if``, ``policy.review_if``) as a short
+expression, for example::
+
+    child and nudity
+    (medical_scan or medical_clinical) and name_with_medical_term
+    scores.nudity > 0.9 and status == "ok"
+    match.pdq or takedown
+
+Grammar (``not`` binds tighter than ``and``, which binds tighter than ``or``)::
+
+    expr       := or_expr
+    or_expr    := and_expr ("or" and_expr)*
+    and_expr   := not_expr ("and" not_expr)*
+    not_expr   := "not" not_expr | primary
+    primary    := "(" or_expr ")" | comparison | condition
+    comparison := field OP literal | literal OP field      OP: > >= < <= == !=
+    field      := "scores." CATEGORY (number literal) | "status" (quoted string, == or !=)
+    condition  := NAME            true when NAME is in record["labels"] or record["caption_flags"]
+                | "match" | "takedown"           true when record["matches"] is not empty
+                | "match." KIND                  true when a match has that kind (pdq, md5, ...)
+
+Expressions are parsed by the tokenizer and recursive-descent parser below (never by
+``eval``) into closures; unknown names and syntax errors are reported with a caret under
+the offending column. Data a record lacks (no scores on a failed fetch, no status) makes
+the comparisons that need it false, so such rows fall through to "keep" unless a takedown
+match or another condition says otherwise.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import operator
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from transforms.records import STATUSES
+
+Record = Mapping[str, Any]
+_Test = Callable[[Record], bool]
+
+KEYWORDS = frozenset({"and", "or", "not"})
+# Names the grammar owns; a category cannot be spelt like one of these.
+RESERVED_NAMES = frozenset({"match", "takedown", "scores", "status"}) | KEYWORDS
+
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+# "0.9 < scores.x" is "scores.x > 0.9".
+_FLIPPED = {">": "<", ">=": "<=", "<": ">", "<=": ">=", "==": "==", "!=": "!="}
+
+_MAX_KNOWN_SHOWN = 20
+
+
+class PolicyError(ValueError):
+    """A policy expression that does not compile; says where, with a caret."""
+
+    def __init__(self, expr: str, message: str, column: int, where: str = "policy"):
+        self.expr = expr
+        self.message = message
+        self.column = column  # 0-based offset into expr
+        self.where = where
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        # Tabs and newlines would push the caret out of line with the expression.
+        shown = re.sub(r"\s", " ", self.expr)
+        return f"{self.where}: {self.message}\n  {shown}\n  {' ' * self.column}^"
+
+    def __reduce__(self):
+        return (PolicyError, (self.expr, self.message, self.column, self.where))
+
+    def one_line(self) -> str:
+        """``expr: message at column N`` (1-based), for a config error on one line."""
+        shown = " ".join(self.expr.split())
+        return f"{shown}: {self.message} at column {self.column + 1}"
+
+
+# --------------------------------------------------------------------------- tokens
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str  # name | number | string | op | keyword | end
+    text: str
+    pos: int
+    value: Any = None
+
+
+_TOKEN_PATTERN = re.compile(
+    r"""
+    (?P<space>\s+)
+  | (?P<number>[+-]?(?:\d|\.\d)(?:[\w.]|(?<=[eE])[+-])*)
+  | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+  | (?P<quote>["'])
+  | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]*)*)
+  | (?P<op>==|!=|>=|<=|>|<|\(|\))
+  | (?P<bad>=|!|.)
+    """,
+    re.VERBOSE,
+)
+_STRING_ESCAPE = re.compile(r"\\(.)")
+
+
+def _tokenize(expr: str, fail: Callable[[str, int], PolicyError]) -> list[_Token]:
+    tokens = []
+    for match in _TOKEN_PATTERN.finditer(expr):
+        kind, text, pos = match.lastgroup, match.group(), match.start()
+        if kind == "space":
+            continue
+        if kind == "quote":
+            raise fail("string is never closed", pos)
+        if kind == "bad":
+            hint = {"=": " (use '==' to compare)", "!": " (use 'not', or '!=' to compare)",
+                    "&": " (use 'and')", "|": " (use 'or')"}.get(text, "")
+            raise fail(f"unexpected character {text!r}{hint}", pos)
+        if kind == "name" and text in KEYWORDS:
+            kind = "keyword"
+        value = _STRING_ESCAPE.sub(r"\1", text[1:-1]) if kind == "string" else None
+        tokens.append(_Token(kind, text, pos, value))
+    tokens.append(_Token("end", "", len(expr)))
+    return tokens
+
+
+def _describe(token: _Token) -> str:
+    return "the end" if token.kind == "end" else repr(token.text)
+
+
+# --------------------------------------------------------------------------- record access
+
+def _has_name(name: str) -> _Test:
+    def test(record: Record) -> bool:
+        return name in (record.get("labels") or ()) or name in (record.get("caption_flags") or ())
+
+    return test
+
+
+def _any_match(record: Record) -> bool:
+    return bool(record.get("matches"))
+
+
+def _match_kind(kind: str) -> _Test:
+    def test(record: Record) -> bool:
+        return any(
+            isinstance(m, Mapping) and m.get("kind") == kind for m in record.get("matches") or ()
+        )
+
+    return test
+
+
+def _score(record: Record, category: str) -> float | None:
+    scores = record.get("scores")
+    if isinstance(scores, Mapping):
+        value = scores.get(category)
+    elif isinstance(scores, (list, tuple)):  # the written form: [(category, score), ...]
+        value = next((v for k, v in scores if k == category), None)
+    else:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def _score_test(category: str, op: str, limit: float) -> _Test:
+    compare = _COMPARISONS[op]
+
+    def test(record: Record) -> bool:
+        value = _score(record, category)
+        return value is not None and compare(value, limit)
+
+    return test
+
+
+def _status_test(op: str, status: str) -> _Test:
+    want_equal = op == "=="
+
+    def test(record: Record) -> bool:
+        actual = record.get("status")
+        return actual is not None and (actual == status) == want_equal
+
+    return test
+
+
+def _not(inner: _Test) -> _Test:
+    return lambda record: not inner(record)
+
+
+def _all(parts: list[_Test]) -> _Test:
+    return lambda record: all(part(record) for part in parts)
+
+
+def _any(parts: list[_Test]) -> _Test:
+    return lambda record: any(part(record) for part in parts)
+
+
+# --------------------------------------------------------------------------- parser
+
+class _Parser:
+    def __init__(self, expr: str, known_names: frozenset[str], where: str):
+        self.expr = expr
+        self.known = known_names
+        self.where = where
+        self.names_used: set[str] = set()
+        self.tokens = _tokenize(expr, self.fail)
+        self.i = 0
+
+    def fail(self, message: str, column: int) -> PolicyError:
+        return PolicyError(self.expr, message, column, self.where)
+
+    def peek(self) -> _Token:
+        return self.tokens[self.i]
+
+    def advance(self) -> _Token:
+        token = self.tokens[self.i]
+        self.i += 1
+        return token
+
+    def parse(self) -> _Test:
+        if self.peek().kind == "end":
+            raise self.fail("empty expression", 0)
+        test = self.parse_or()
+        token = self.peek()
+        if token.kind != "end":
+            if token.text == ")":
+                raise self.fail("unmatched ')'", token.pos)
+            raise self.not_a_joint(token, "expected 'and' or 'or'")
+        return test
+
+    def not_a_joint(self, token: _Token, expected: str) -> PolicyError:
+        """The error for a token where 'and' / 'or' (or a ')') had to come."""
+        if token.kind == "name" and token.text.lower() in KEYWORDS:
+            return self.fail(f"write {token.text.lower()!r} in lower case", token.pos)
+        return self.fail(f"{expected} before {_describe(token)}", token.pos)
+
+    def parse_or(self) -> _Test:
+        parts = [self.parse_and()]
+        while self.peek().kind == "keyword" and self.peek().text == "or":
+            parts.append(self.parse_and(after=self.advance()))
+        return parts[0] if len(parts) == 1 else _any(parts)
+
+    def parse_and(self, after: _Token | None = None) -> _Test:
+        parts = [self.parse_not(after)]
+        while self.peek().kind == "keyword" and self.peek().text == "and":
+            parts.append(self.parse_not(after=self.advance()))
+        return parts[0] if len(parts) == 1 else _all(parts)
+
+    def parse_not(self, after: _Token | None = None) -> _Test:
+        if self.peek().kind == "keyword" and self.peek().text == "not":
+            token = self.advance()
+            return _not(self.parse_not(after=token))
+        return self.parse_primary(after)
+
+    def parse_primary(self, after: _Token | None) -> _Test:
+        token = self.peek()
+        if token.kind == "end":
+            where = f" after {_describe(after)}" if after else ""
+            raise self.fail(f"expected a condition{where}", token.pos)
+        if token.text == "(":
+            self.advance()
+            if self.peek().text == ")":
+                raise self.fail("expected a condition inside '()'", self.peek().pos)
+            test = self.parse_or()
+            close = self.peek()
+            if close.text != ")":
+                if close.kind == "end":
+                    raise self.fail("'(' is never closed", token.pos)
+                raise self.not_a_joint(close, "expected ')', 'and' or 'or'")
+            self.advance()
+            return test
+        if token.kind == "name":
+            return self.parse_name()
+        if token.kind in ("number", "string"):
+            return self.parse_literal_first()
+        raise self.fail(f"expected a condition before {_describe(token)}", token.pos)
+
+    def parse_name(self) -> _Test:
+        token = self.advance()
+        name = token.text
+        if name == "status" or name == "scores" or name.startswith("scores."):
+            op = self.peek()
+            if op.kind != "op" or op.text not in _COMPARISONS:
+                example = 'status == "ok"' if name == "status" else f"{name} > 0.9"
+                raise self.fail(f"{name} is a value, not a condition: compare it, e.g. "
+                                f"{example}", op.pos if op.kind != "end" else token.pos)
+            self.advance()
+            return self.comparison(token, op.text, self.advance())
+        if name in ("match", "takedown"):
+            test = _any_match
+        elif name.startswith("match."):
+            kind = name[len("match."):]
+            self.check_known(kind, token.pos + len("match."), "match kind")
+            test = _match_kind(kind)
+        elif "." in name:
+            raise self.fail(f"unknown name {name!r} (only scores.<category> and "
+                            f"match.<kind> have a dot)", token.pos)
+        else:
+            if name.lower() in KEYWORDS:
+                raise self.fail(f"write {name.lower()!r} in lower case", token.pos)
+            self.check_known(name, token.pos, "name")
+            test = _has_name(name)
+        following = self.peek()
+        if following.kind == "op" and following.text in _COMPARISONS:
+            raise self.fail(f"{name!r} is a condition, not a value: only scores.<category> "
+                            f"and status compare", following.pos)
+        return test
+
+    def parse_literal_first(self) -> _Test:
+        literal = self.advance()
+        op = self.peek()
+        if op.kind != "op" or op.text not in _COMPARISONS:
+            raise self.fail(f"a {literal.kind} is not a condition: compare it with "
+                            f"scores.<category> or status", literal.pos)
+        self.advance()
+        field = self.advance()
+        if field.kind != "name" or not (field.text == "status" or field.text.startswith("scores.")):
+            raise self.fail(f"expected scores.<category> or status after {op.text!r}",
+                            field.pos)
+        return self.comparison(field, _FLIPPED[op.text], literal)
+
+    def comparison(self, field: _Token, op: str, literal: _Token) -> _Test:
+        if field.text == "status":
+            if op not in ("==", "!="):
+                raise self.fail(f"status compares only with == and !=, not {op!r}", field.pos)
+            if literal.kind != "string":
+                raise self.fail(f'expected a quoted status after {op!r}, e.g. status == "ok"',
+                                literal.pos)
+            if literal.value not in STATUSES:
+                raise self.fail(f"unknown status {literal.value!r} (statuses: "
+                                f"{', '.join(STATUSES)})", literal.pos)
+            test = _status_test(op, literal.value)
+        else:
+            category = field.text[len("scores."):]
+            if not category or "." in category:
+                raise self.fail("expected scores.<category>", field.pos)
+            self.check_known(category, field.pos + len("scores."), "category")
+            if literal.kind != "number":
+                raise self.fail(f"expected a number after {op!r}", literal.pos)
+            try:
+                limit = float(literal.text)
+            except ValueError:
+                raise self.fail(f"bad number {literal.text!r}", literal.pos) from None
+            if not math.isfinite(limit):
+                raise self.fail(f"bad number {literal.text!r}", literal.pos)
+            test = _score_test(category, op, limit)
+        following = self.peek()
+        if following.kind == "op" and following.text in _COMPARISONS:
+            raise self.fail("comparisons do not chain: join them with 'and'", following.pos)
+        return test
+
+    def check_known(self, name: str, column: int, what: str) -> None:
+        if name in self.known and name not in RESERVED_NAMES:
+            self.names_used.add(name)
+            return
+        known = sorted(self.known - RESERVED_NAMES)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        shown = ", ".join(known[:_MAX_KNOWN_SHOWN])
+        if len(known) > _MAX_KNOWN_SHOWN:
+            shown += ", ..."
+        raise self.fail(f"unknown {what} {name!r} ({hint}known: {shown or 'none'})", column)
+
+
+# --------------------------------------------------------------------------- public API
+
+class Policy:
+    """One compiled policy expression; ``evaluate(record)`` says whether it holds."""
+
+    __slots__ = ("expr", "where", "names_used", "_known", "_test")
+
+    def __init__(self, expr: str, where: str, names_used: frozenset[str],
+                 known_names: frozenset[str], test: _Test):
+        self.expr = expr
+        self.where = where
+        # The known names (categories, caption flags, match kinds) the expression refers to.
+        self.names_used = names_used
+        self._known = known_names
+        self._test = test
+
+    def evaluate(self, record: Record) -> bool:
+        return bool(self._test(record))
+
+    __call__ = evaluate
+
+    @property
+    def reason(self) -> str:
+        """What decide() writes into ``reasons`` when this policy fires."""
+        return "policy:" + " ".join(self.expr.split())
+
+    def __reduce__(self):
+        # Closures do not pickle everywhere; recompiling from the text always works.
+        return (compile_policy, (self.expr, set(self._known), self.where))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Policy) and (self.expr, self._known) == (other.expr, other._known)
+
+    def __hash__(self) -> int:
+        return hash((self.expr, self._known))
+
+    def __repr__(self) -> str:
+        return f"Policy({self.expr!r})"
+
+
+def compile_policy(expr: str, known_names: Iterable[str], where: str = "policy") -> Policy:
+    """Parse ``expr`` against ``known_names`` (categories + caption flags + match kinds).
+
+    ``where`` names the expression's place in config (``policy.remove_if[0]``) for errors.
+    Raises PolicyError on an unknown name or a syntax error.
+    """
+    if not isinstance(expr, str):
+        raise PolicyError(str(expr), f"expected an expression string, got {type(expr).__name__}",
+                          0, where)
+    known = frozenset(known_names)
+    parser = _Parser(expr, known, where)
+    test = parser.parse()
+    return Policy(expr, where, frozenset(parser.names_used), known, test)
+
+
+def compile_policies(exprs: Sequence[str], known_names: Iterable[str],
+                     where: str = "policy") -> list[Policy]:
+    """compile_policy for each expression of a config list, named ``where[i]`` in errors."""
+    known = frozenset(known_names)
+    return [compile_policy(expr, known, f"{where}[{i}]") for i, expr in enumerate(exprs)]
+
+
+def decide(record: Record, remove_policies: Sequence[Policy],
+           review_policies: Sequence[Policy]) -> tuple[str, list[str]]:
+    """The action for one record and why: ("remove" | "review" | "keep", reasons).
+
+    Remove when the record matches a takedown list (one ``takedown:<list_id>`` reason per
+    list, sorted) or any remove policy holds (one ``policy:<expr>`` per policy, in config
+    order); else review when any review policy holds; else keep with no reasons. The
+    record is not changed.
+    """
+    list_ids = {
+        str(m.get("list_id")) if isinstance(m, Mapping) else "unknown"
+        for m in record.get("matches") or ()
+    }
+    reasons = [f"takedown:{list_id}" for list_id in sorted(list_ids)]
+    reasons += [policy.reason for policy in remove_policies if policy.evaluate(record)]
+    if reasons:
+        return "remove", reasons
+    review = [policy.reason for policy in review_policies if policy.evaluate(record)]
+    if review:
+        return "review", review
+    return "keep", []
