@@ -1,9 +1,12 @@
 """The audit pipeline: wires the stages in the order of the flow in DESIGN.md.
 
-    Read rows -> Reshuffle -> Fetch -> Decode + hash -> Write audit + summary
+    Read rows -> Reshuffle -> Fetch -> Decode + hash -> Embed -> Classify -> Flag captions
+      -> Match takedown lists -> Decide -> Write audit / removals / published / clean /
+         review / embeddings / summary
 
 `build_audit` adds the stages to a pipeline; `run_audit` builds, runs and checks a whole
-audit (rows in == rows audited, from Beam's metrics) and is what the CLI and tests call.
+audit (rows in == rows audited, from the outputs and from Beam's metrics) and is what the
+CLI and the tests call.
 """
 from __future__ import annotations
 
@@ -14,20 +17,24 @@ import time
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
-from pipelines.config import AuditConfig
+from pipelines.config import AuditConfig, policy_names
 from pipelines.runners import make_options, make_runner
+from transforms.captions import FlagCaptions
+from transforms.clean import WriteCleanDataset
 from transforms.fetch import Fetch, FetchSettings
 from transforms.hashing import HashImages
-from transforms.read import DatasetSpec, ReadDataset, match_inputs
-from transforms.write import WriteAudit, WriteSummary, read_json, summary_path, write_json
+from transforms.policy import DecideAction
+from transforms.read import DatasetSpec, ReadDataset, match_inputs, source_names
+from transforms.write import WriteAudit, WriteRemovals, WriteSummary, output_dir, read_json, summary_path, write_json
 
 log = logging.getLogger(__name__)
 
 
 def fetch_settings(config: AuditConfig) -> FetchSettings:
-    fetch = config.fetch
     fields = {f.name for f in dataclasses.fields(FetchSettings)}
-    values = {k: v for k, v in fetch.model_dump().items() if k in fields and v is not None}
+    values = {k: v for k, v in config.fetch.model_dump().items() if k in fields and v is not None}
+    values["min_batch_size"] = min(values.get("min_batch_size", 16), config.fetch.batch_size)
+    values["max_batch_size"] = config.fetch.batch_size
     return FetchSettings(**values)
 
 
@@ -37,28 +44,59 @@ def _mark_not_fetched(record: dict) -> dict:
     return record
 
 
+def _is_removed(record: dict) -> bool:
+    return record["action"] == "remove"
+
+
 def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
     paths = match_inputs(config.dataset.input)
-    rows = pipeline | "Read" >> ReadDataset(paths, DatasetSpec.from_config(config.dataset))
+    spec = DatasetSpec.from_config(config.dataset)
+    out = config.output.path
+
+    rows = pipeline | "Read" >> ReadDataset(paths, spec)
     records = rows | "Reshuffle" >> beam.Reshuffle()
+    embedding = config.embedding
     if config.fetch.enabled:
         records = (
             records
             | "Fetch" >> Fetch(fetch_settings(config))
-            | "DecodeAndHash" >> HashImages(config.fetch.max_pixels, keep_image=config.embedding.enabled)
+            | "DecodeAndHash"
+            >> HashImages(config.fetch.max_pixels, keep_image=embedding.enabled and not embedding.precomputed)
         )
     else:
         records = records | "NotFetched" >> beam.Map(_mark_not_fetched)
-    records = records | "Decide" >> beam.Map(_keep)
-    records | "WriteAudit" >> WriteAudit(config.output.path, config.output.num_shards)
-    (records, rows) | "WriteSummary" >> WriteSummary(
-        config.output.path, {"inputs": paths, "model": None}
+
+    records = records | "FlagCaptions" >> FlagCaptions()
+    if config.takedown.lists:
+        from transforms.takedown import MatchTakedown
+
+        records = records | "MatchTakedown" >> MatchTakedown(
+            config.takedown.lists,
+            pdq_max_distance=config.takedown.pdq_max_distance,
+            phash_max_distance=config.takedown.phash_max_distance,
+            clip_min_cosine=config.takedown.clip_min_cosine,
+        )
+    records = records | "Decide" >> DecideAction(
+        config.policy.remove_if, config.policy.review_if, policy_names(config)
     )
 
-
-def _keep(record: dict) -> dict:
-    record["action"] = record.get("action") or "keep"
-    return record
+    records | "WriteAudit" >> WriteAudit(out, config.output.num_shards)
+    removed = records | "Removed" >> beam.Filter(_is_removed)
+    removed | "WriteRemovals" >> WriteRemovals(out)
+    (
+        removed
+        | "RemovedIds" >> beam.Map(lambda r: r["row_id"])
+        | "WriteClean" >> WriteCleanDataset(paths, source_names(paths), spec, output_dir(out, "clean"))
+    )
+    (records, rows) | "WriteSummary" >> WriteSummary(
+        out,
+        {
+            "inputs": paths,
+            "dataset": {"url_col": spec.url_col, "caption_col": spec.caption_col, "id_col": spec.id_col,
+                        "format": spec.format},
+            "takedown_lists": len(config.takedown.lists),
+        },
+    )
 
 
 @dataclasses.dataclass
@@ -74,17 +112,22 @@ def counter(result, namespace: str, name: str) -> int:
     return sum(c.committed or c.attempted or 0 for c in found)
 
 
-def run_audit(config: AuditConfig) -> AuditRun:
+def run_pipeline(config_runner, build) -> tuple[object, float]:
+    """Build with `build(pipeline)`, run to the end; return (result, wall seconds)."""
     started = time.monotonic()
-    options = make_options(config.runner.options)
-    pipeline = beam.Pipeline(runner=make_runner(config.runner.name), options=options)
-    build_audit(pipeline, config)
+    pipeline = beam.Pipeline(runner=make_runner(config_runner.name), options=make_options(config_runner.options))
+    build(pipeline)
     result = pipeline.run()
     result.wait_until_finish()
-    wall_s = time.monotonic() - started
+    return result, time.monotonic() - started
+
+
+def finish_summary(result, output_path: str, wall_s: float) -> dict:
+    """Add wall time and Beam's own row counts to summary.json; rows in must equal rows
+    audited by every count, or `all_rows_accounted` is false."""
     rows_in = counter(result, "audit", "rows_in")
     rows_audited = counter(result, "audit", "rows_audited")
-    path = summary_path(config.output.path)
+    path = summary_path(output_path)
     summary = read_json(path)
     summary.update(
         wall_s=round(wall_s, 3),
@@ -95,4 +138,10 @@ def run_audit(config: AuditConfig) -> AuditRun:
         summary["all_rows_accounted"] and rows_in == rows_audited == summary["rows_in"]
     )
     write_json(path, summary)
-    return AuditRun(summary, rows_in, rows_audited, wall_s)
+    return summary
+
+
+def run_audit(config: AuditConfig) -> AuditRun:
+    result, wall_s = run_pipeline(config.runner, lambda p: build_audit(p, config))
+    summary = finish_summary(result, config.output.path, wall_s)
+    return AuditRun(summary, summary["metrics"]["rows_in"], summary["metrics"]["rows_audited"], wall_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pipelines.config import ConfigError, load_config
 
@@ -16,12 +17,101 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.audit import run_audit
     from transforms.read import DatasetError
 
+    _check_lists(config.takedown.lists)
+
     try:
         run = run_audit(config)
     except DatasetError as err:
         raise ConfigError(str(err)) from None
     print_summary(run.summary, config.output.path)
     return 0 if run.summary["all_rows_accounted"] else 1
+
+
+def _cmd_request(args: argparse.Namespace) -> int:
+    from transforms.request import EMBEDDING_WARNING, request_entries, write_request
+
+    embed_fn = None
+    if args.with_embedding:
+        embed_fn = _image_embedder(args.model, args.pretrained)
+    try:
+        entries, warnings = request_entries(args.photos, args.list_id, args.reason,
+                                            with_embedding=args.with_embedding, embed_fn=embed_fn)
+    except OSError as err:
+        print(f"laion-audit: cannot read photo: {err.strerror} ({err.filename})", file=sys.stderr)
+        return EXIT_CONFIG
+    write_request(entries, args.out)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.with_embedding:
+        print(f"warning: {EMBEDDING_WARNING}", file=sys.stderr)
+    kinds: dict[str, int] = {}
+    for entry in entries:
+        kinds[entry.kind] = kinds.get(entry.kind, 0) + 1
+    described = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    print(f"wrote {len(entries)} hash entries ({described}) for {len(args.photos)} photo(s) to {args.out}")
+    print("the file holds hashes only: no image, file name, path or EXIF")
+    return 0
+
+
+def _image_embedder(model_name: str, pretrained: str | None):
+    """An embed_fn(PIL image) -> unit vector with the audit's model."""
+    import torch
+
+    from transforms.embed import load_clip
+
+    model, preprocess, _, _ = load_clip(model_name, pretrained, "cpu")
+
+    def embed(image):
+        with torch.inference_mode():
+            vector = model.encode_image(preprocess(image).unsqueeze(0))[0]
+        return (vector / vector.norm()).numpy()
+
+    return embed
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from pipelines.apply import run_apply
+    from transforms.read import DatasetError, DatasetSpec
+
+    spec = DatasetSpec(url_col=args.url_col, id_col=args.id_col, format=args.format)
+    try:
+        counts = run_apply(args.removals, args.input, args.out, spec)
+    except DatasetError as err:
+        raise ConfigError(str(err)) from None
+    print(f"cleaned {counts['files']} file(s) into {args.out}: kept {counts['rows_kept']} rows, "
+          f"dropped {counts['rows_dropped']}")
+    return 0
+
+
+def _cmd_rematch(args: argparse.Namespace) -> int:
+    from pipelines.rematch import plan_rematch, run_rematch
+
+    missing = [p for p in args.lists if "://" not in p and not Path(p).exists()]
+    if missing:
+        raise ConfigError(f"--lists: no such file '{missing[0]}'")
+    _check_lists(args.lists)
+    if "://" not in args.audit and not Path(args.audit, "report", "summary.json").exists():
+        raise ConfigError(f"--audit: '{args.audit}' is not an audit output (no report/summary.json)")
+    plan = plan_rematch(args.audit, args.lists, args.out, args.input,
+                        pdq_max_distance=args.pdq_max_distance, phash_max_distance=args.phash_max_distance,
+                        clip_min_cosine=args.clip_min_cosine)
+    summary = run_rematch(plan)
+    print_summary(summary, args.out)
+    if not plan.inputs:
+        print("clean/ not written: the audited dataset is not readable here (name it with --input)")
+    return 0 if summary["all_rows_accounted"] else 1
+
+
+def _check_lists(paths: list[str]) -> None:
+    """Load local takedown lists once before launching: a bad entry fails here, by file,
+    line and entry, rather than on every worker."""
+    from transforms.takedown import TakedownListError, load_lists
+
+    local = [p for p in paths if "://" not in p]
+    try:
+        load_lists(local)
+    except (TakedownListError, ValueError) as err:
+        raise ConfigError(f"takedown.lists: {err}".splitlines()[0]) from None
 
 
 def print_summary(summary: dict, output: str) -> None:
@@ -34,7 +124,10 @@ def print_summary(summary: dict, output: str) -> None:
         print(f"action: {actions}")
     if summary.get("wall_s"):
         print(f"wall: {summary['wall_s']:.1f} s  ({summary['rows_per_s']:.1f} rows/s)")
-    print(f"outputs: {output}  (audit/, report/summary.json)")
+    if summary.get("matched_lists"):
+        lists = ", ".join(f"{k}={v}" for k, v in sorted(summary["matched_lists"].items()))
+        print(f"rows matched per takedown list: {lists}")
+    print(f"outputs: {output}  (audit/, removals/, published/, clean/, report/summary.json)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +139,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML config file (see configs/)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (dotted; YAML value)")
     run.set_defaults(handler=_cmd_run)
+
+    request = commands.add_parser(
+        "request", help="hash your own photos into a takedown request (hashes only, made on this machine)")
+    request.add_argument("photos", nargs="+", metavar="PHOTO")
+    request.add_argument("--out", required=True, help="request file (.parquet, .csv or .jsonl)")
+    request.add_argument("--list-id", default="request", help="the list's name (default: request)")
+    request.add_argument("--reason", default=None, help="a reason to give, e.g. 'clinical photo'")
+    request.add_argument("--with-embedding", action="store_true",
+                         help="add a CLIP embedding (reveals more than a hash)")
+    request.add_argument("--model", default="ViT-B-32", help="open_clip model for --with-embedding")
+    request.add_argument("--pretrained", default=None, help="open_clip tag or checkpoint path for --with-embedding")
+    request.set_defaults(handler=_cmd_request)
+
+    apply = commands.add_parser("apply", help="clean a copy of a dataset with a published removal list")
+    apply.add_argument("--removals", required=True, metavar="PUBLISHED_DIR", help="an audit's published/ folder")
+    apply.add_argument("--input", required=True, nargs="+", metavar="DATASET", help="dataset files or globs")
+    apply.add_argument("--out", required=True, metavar="CLEAN", help="folder for the cleaned files")
+    apply.add_argument("--url-col", default="URL")
+    apply.add_argument("--id-col", default=None)
+    apply.add_argument("--format", default=None, choices=["parquet", "csv", "tsv", "jsonl"])
+    apply.set_defaults(handler=_cmd_apply)
+
+    rematch = commands.add_parser("rematch", help="match an audit's stored hashes against new lists (offline)")
+    rematch.add_argument("--audit", required=True, metavar="AUDIT_DIR", help="an audit's output.path")
+    rematch.add_argument("--lists", required=True, nargs="+", metavar="FILE", help="takedown list files")
+    rematch.add_argument("--out", required=True, metavar="OUT_DIR")
+    rematch.add_argument("--input", nargs="+", default=None, metavar="DATASET",
+                         help="the audited dataset, for clean/ (default: as recorded in the audit)")
+    rematch.add_argument("--pdq-max-distance", type=int, default=31)
+    rematch.add_argument("--phash-max-distance", type=int, default=8)
+    rematch.add_argument("--clip-min-cosine", type=float, default=0.9)
+    rematch.set_defaults(handler=_cmd_rematch)
     return parser
 
 

@@ -86,6 +86,26 @@ class EmbeddingConfig(_Section):
     device: str = "auto"
 
 
+class ClassifyConfig(_Section):
+    # null: the default categories (transforms/data/categories.yaml)
+    categories: str | None = None
+    batch_size: int = Field(default=256, gt=0)
+
+
+class PolicyConfig(_Section):
+    """Expressions over labels, scores, caption flags and matches (transforms/policy.py)."""
+
+    remove_if: list[str] = Field(default_factory=list)
+    review_if: list[str] = Field(default_factory=list)
+
+    @field_validator("remove_if", "review_if", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
+
+
 class RunnerConfig(_Section):
     name: str = "FnApiRunner"
     options: dict[str, Any] = Field(default_factory=dict)
@@ -97,6 +117,8 @@ class AuditConfig(_Section):
     fetch: FetchConfig = Field(default_factory=FetchConfig)
     takedown: TakedownConfig = Field(default_factory=TakedownConfig)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
 
@@ -157,7 +179,34 @@ def parse_config(data: Any, check_files: bool = True) -> AuditConfig:
     if check_files:
         _check_local_inputs("dataset.input", config.dataset.input)
         _check_local_inputs("takedown.lists", config.takedown.lists)
+    _check_policies(config)
     return config
+
+
+def policy_names(config: AuditConfig) -> set[str]:
+    """Names a policy expression may use: categories, caption flags, match kinds."""
+    from transforms.captions import CAPTION_FLAGS
+    from transforms.classify import load_categories
+    from transforms.signals import SIGNAL_TYPES
+
+    try:
+        categories = load_categories(config.classify.categories)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"classify.categories: {err}".splitlines()[0]) from None
+    return {c.name for c in categories} | set(CAPTION_FLAGS) | set(SIGNAL_TYPES)
+
+
+def _check_policies(config: AuditConfig) -> None:
+    if not (config.policy.remove_if or config.policy.review_if):
+        return
+    from transforms.policy import PolicyError, compile_policies
+
+    names = policy_names(config)
+    for key in ("remove_if", "review_if"):
+        try:
+            compile_policies(getattr(config.policy, key), names, f"policy.{key}")
+        except PolicyError as err:
+            raise ConfigError(f"{err.where}: {err.one_line()}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] = (), check_files: bool = True) -> AuditConfig:

@@ -6,10 +6,16 @@
 The dataset mixes photo-like JPEGs and PNGs of several sizes with the failures a real
 scrape has: dead links, HTML pages where images were, truncated files, empty and
 non-http URLs. Every row must come out of the audit with exactly one status.
+
+It also tells the takedown story. A person finds her photo in the dataset. On her own
+machine she runs `laion-audit request my_photo.jpg`, which writes hashes only. The
+dataset holds resized, re-encoded, mirrored, brightened and PNG copies of the photo at
+other URLs, and the audit removes exactly those rows and no others.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import random
 import shutil
 import sys
@@ -17,6 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image, ImageEnhance, ImageOps
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,7 +43,27 @@ def _caption(rng: random.Random) -> str:
     return f"{rng.choice(STYLES)} {rng.choice(SUBJECTS)}"
 
 
-def make_dataset(out: Path, host: ImageHost, rows: int, seed: int = 7) -> tuple[Path, dict]:
+def _encode(image: Image.Image, fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+def copies_of(photo: bytes) -> dict[str, bytes]:
+    """The ways a scraped photo reappears: other sizes, encodings, a mirror image."""
+    image = Image.open(io.BytesIO(photo)).convert("RGB")
+    half = image.resize((image.width // 2, image.height // 2), Image.Resampling.BILINEAR)
+    return {
+        "resized.jpg": _encode(half, "JPEG", quality=85),
+        "reencoded.jpg": _encode(image, "JPEG", quality=55),
+        "mirrored.jpg": _encode(ImageOps.mirror(image), "JPEG", quality=85),
+        "brighter.jpg": _encode(ImageEnhance.Brightness(image).enhance(1.25), "JPEG", quality=85),
+        "converted.png": _encode(half, "PNG"),
+    }
+
+
+def make_dataset(out: Path, host: ImageHost, rows: int, copies: dict[str, bytes],
+                 seed: int = 7) -> tuple[Path, dict]:
     """Write images under the host's root and the metadata parquet; return its path and
     the number of rows of each kind (what the audit should find)."""
     rng = random.Random(seed)
@@ -75,6 +102,11 @@ def make_dataset(out: Path, host: ImageHost, rows: int, seed: int = 7) -> tuple[
         make_url, kind = failures[k % len(failures)]
         add(make_url(k), _caption(rng), None, kind)
 
+    # The person's photo, copied around the web under other names.
+    for i, (name, data) in enumerate(copies.items()):
+        (images / f"repost{i}_{name}").write_bytes(data)
+        add(host.url(f"repost{i}_{name}"), "patient photo before and after", None, "requested_copy")
+
     table = pa.table(
         {
             "SAMPLE_ID": pa.array(range(len(urls)), pa.int64()),
@@ -103,18 +135,49 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     (out / "host").mkdir(parents=True)
+    (out / "private").mkdir()
+
+    # On the person's own machine: her photo never leaves it, only its hashes do.
+    photo = out / "private" / "my_photo.jpg"
+    photo.write_bytes(make_photo_jpeg(424_242, 900, 700, quality=92))
+    request = out / "private" / "takedown_request.parquet"
+    print("== 1. the person hashes her own photo into a takedown request")
+    code = cli_main(["request", str(photo), "--out", str(request), "--list-id", "request-0001",
+                     "--reason", "clinical photo, published without consent"])
+    if code:
+        return code
+
+    print("\n== 2. the audit: fetch, hash, match the request, write outputs")
     with ImageHost(out / "host") as host:
-        dataset, expected = make_dataset(out, host, args.rows)
+        dataset, expected = make_dataset(out, host, args.rows, copies_of(photo.read_bytes()))
         print(f"dataset: {dataset} ({sum(expected.values())} rows; expected {expected})")
         print(f"image host: {host.url('')}")
         code = cli_main([
             "run", "configs/demo.yaml",
             "--set", f"dataset.input={dataset}",
             "--set", f"output.path={out / 'audit'}",
+            "--set", f"takedown.lists=[{request}]",
         ])
-    print(f"audit table: {out / 'audit' / 'audit'}/*.parquet")
-    print(f"summary:     {out / 'audit' / 'report' / 'summary.json'}")
-    return code
+    if code:
+        return code
+
+    audit = out / "audit"
+    removals = pq.read_table(audit / "removals").to_pylist()
+    removed_urls = sorted({r["url"].rsplit("/", 1)[1] for r in removals})
+    print("\n== 3. what the request removed")
+    for name in removed_urls:
+        print(f"  removed {name}")
+    copies = expected.get("requested_copy", 0)
+    verdict = "exactly the copies of her photo" if all("repost" in n for n in removed_urls) \
+        and len(removed_urls) == copies else "NOT exactly the copies (check the removals)"
+    print(f"  {len(removed_urls)} rows removed of {copies} copies in the dataset: {verdict}")
+    print("\noutputs:")
+    print(f"  audit table:  {audit / 'audit'}/*.parquet")
+    print(f"  removals:     {audit / 'removals'}/*.parquet   (operator only: says where the images are)")
+    print(f"  published:    {audit / 'published'}/*.parquet  (url_sha256 + row key: safe to post)")
+    print(f"  clean copy:   {audit / 'clean'}/rows.parquet")
+    print(f"  summary:      {audit / 'report' / 'summary.json'}")
+    return 0 if verdict.startswith("exactly") else 1
 
 
 if __name__ == "__main__":

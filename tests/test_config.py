@@ -95,3 +95,18 @@ def test_cli_bad_key_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "laion-audit: config error: fetch.timout_s: unknown key"
     assert "Traceback" not in proc.stderr
+
+
+def test_policy_expressions_are_checked_at_load(tmp_path):
+    data = _base(tmp_path)
+    data["policy"] = {"remove_if": ["child and nudity", "medical_clinical and face"],
+                      "review_if": "scores.nudity > 0.9"}
+    config = parse_config(data)
+    assert config.policy.review_if == ["scores.nudity > 0.9"]
+
+    data["policy"]["remove_if"].append("child and nuditty")
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    message = str(err.value)
+    assert message.startswith("policy.remove_if[2]: child and nuditty: unknown name 'nuditty'")
+    assert "at column 11" in message and "\n" not in message

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import apache_beam as beam
 import yaml
+from apache_beam.metrics import Metrics
 
 CAPTION_FLAGS: tuple[str, ...] = (
     "email",
@@ -717,3 +719,23 @@ def caption_flags_batch(texts: Sequence[Any]) -> list[list[str]]:
             flags = seen[text] = scanner.flags(text)
         out.append(list(flags))
     return out
+
+
+class _FlagCaptions(beam.DoFn):
+    def setup(self) -> None:
+        self._scanner = default_scanner()
+        self._flagged = Metrics.counter("captions", "rows_flagged")
+
+    def process(self, record: dict):
+        flags = self._scanner.flags(record.get("caption"))
+        record["caption_flags"] = flags
+        if flags:
+            self._flagged.inc()
+        yield record
+
+
+class FlagCaptions(beam.PTransform):
+    """Fill each record's `caption_flags` from its caption."""
+
+    def expand(self, records):
+        return records | beam.ParDo(_FlagCaptions())

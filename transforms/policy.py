@@ -38,7 +38,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from transforms.records import STATUSES
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.records import ACTIONS, STATUSES
 
 Record = Mapping[str, Any]
 _Test = Callable[[Record], bool]
@@ -453,3 +456,31 @@ def decide(record: Record, remove_policies: Sequence[Policy],
     if review:
         return "review", review
     return "keep", []
+
+
+class _DecideAction(beam.DoFn):
+    def __init__(self, remove_if: Sequence[str], review_if: Sequence[str], known_names: Iterable[str]):
+        self._remove_if, self._review_if = list(remove_if), list(review_if)
+        self._known = sorted(known_names)
+        self._actions = {a: Metrics.counter("decide", f"action_{a}") for a in ACTIONS}
+
+    def setup(self) -> None:
+        self._remove = compile_policies(self._remove_if, self._known, "policy.remove_if")
+        self._review = compile_policies(self._review_if, self._known, "policy.review_if")
+
+    def process(self, record: dict):
+        record["action"], record["reasons"] = decide(record, self._remove, self._review)
+        self._actions[record["action"]].inc()
+        yield record
+
+
+class DecideAction(beam.PTransform):
+    """Set each record's `action` and `reasons` from its matches and the policies."""
+
+    def __init__(self, remove_if: Sequence[str] = (), review_if: Sequence[str] = (),
+                 known_names: Iterable[str] = ()):
+        super().__init__()
+        self._fn = _DecideAction(remove_if, review_if, known_names)
+
+    def expand(self, records):
+        return records | beam.ParDo(self._fn)
