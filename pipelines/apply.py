@@ -9,30 +9,34 @@ hash of their normalised URL, so every copy of a removed URL goes.
 from __future__ import annotations
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
-from pipelines.audit import counter
-from pipelines.runners import make_options, make_runner
+from pipelines.audit import counter, run_pipeline
+from pipelines.config import RunnerConfig
 from transforms.clean import WriteCleanDataset
 from transforms.read import DatasetSpec, match_inputs, source_names
 
 
 def run_apply(published_dir: str, inputs: list[str], out_dir: str, spec: DatasetSpec,
-              runner: str = "FnApiRunner", options: dict | None = None) -> dict:
-    paths = match_inputs(inputs)
-    published = match_inputs([published_dir.rstrip("/") + "/*.parquet"])
-    pipeline = beam.Pipeline(runner=make_runner(runner), options=make_options(options or {}))
-    # Read on the workers: a published list can hold millions of hashes.
-    keys = (
-        pipeline
-        | "ReadPublished" >> beam.io.ReadFromParquet(published_dir.rstrip("/") + "/*.parquet", columns=["url_sha256"])
-        | "UrlHashes" >> beam.Map(lambda row: row["url_sha256"])
-    )
-    _ = keys | "Clean" >> WriteCleanDataset(paths, source_names(paths), spec, out_dir, by="url_sha256")
-    result = pipeline.run()
-    result.wait_until_finish()
+              runner: RunnerConfig | None = None) -> dict:
+    published = published_dir.rstrip("/") + "/*.parquet"
+
+    def build(pipeline: beam.Pipeline) -> None:
+        if not FileSystems.match([published])[0].metadata_list:
+            raise ValueError(f"--removals: no published list (*.parquet) in '{published_dir}'")
+        paths = match_inputs(inputs)
+        build.files = len(paths)
+        # Read on the workers: a published list can hold millions of hashes.
+        keys = (
+            pipeline
+            | "ReadPublished" >> beam.io.ReadFromParquet(published, columns=["url_sha256"])
+            | "UrlHashes" >> beam.Map(lambda row: row["url_sha256"])
+        )
+        _ = keys | "Clean" >> WriteCleanDataset(paths, source_names(paths), spec, out_dir, by="url_sha256")
+
+    result, _ = run_pipeline(runner or RunnerConfig(), build)
     return {
-        "files": len(paths),
-        "published_files": len(published),
+        "files": build.files,
         "rows_kept": counter(result, "clean", "rows_kept"),
         "rows_dropped": counter(result, "clean", "rows_dropped"),
     }

@@ -1,6 +1,7 @@
 """The audit pipeline: wires the stages in the order of the flow in DESIGN.md.
 
-    Read rows -> Reshuffle -> Fetch -> Decode + hash -> Embed -> Classify -> Flag captions
+    Read rows -> [attach published embeddings] -> Reshuffle -> Fetch -> Decode + hash
+      -> Embed (RunInference) -> Classify -> Flag captions
       -> Match takedown lists -> Decide -> Write audit / removals / published / clean /
          review / embeddings / summary
 
@@ -17,7 +18,7 @@ import time
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
-from pipelines.config import AuditConfig, policy_names
+from pipelines.config import AuditConfig, ConfigError, policy_names
 from pipelines.runners import make_options, make_runner
 from transforms.captions import FlagCaptions
 from transforms.clean import WriteCleanDataset
@@ -25,7 +26,17 @@ from transforms.fetch import Fetch, FetchSettings
 from transforms.hashing import HashImages
 from transforms.policy import DecideAction
 from transforms.read import DatasetSpec, ReadDataset, match_inputs, source_names
-from transforms.write import WriteAudit, WriteRemovals, WriteSummary, output_dir, read_json, summary_path, write_json
+from transforms.write import (
+    WriteAudit,
+    WriteEmbeddings,
+    WriteRemovals,
+    WriteReview,
+    WriteSummary,
+    output_dir,
+    read_json,
+    summary_path,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +59,39 @@ def _is_removed(record: dict) -> bool:
     return record["action"] == "remove"
 
 
+def _is_for_review(record: dict) -> bool:
+    return record["action"] == "review"
+
+
+def model_summary(config: AuditConfig) -> dict:
+    """What the summary says of the embedding model; random weights are announced."""
+    embedding = config.embedding
+    if embedding.precomputed:
+        return {"model": f"precomputed:{embedding.model}", "embeddings_from": embedding.precomputed}
+    if not embedding.enabled:
+        return {"model": None}
+    from transforms.embed import model_id_of
+
+    summary = {"model": model_id_of(embedding.model, embedding.pretrained)}
+    if embedding.pretrained is None:
+        summary["model_warning"] = "random weights (embedding.pretrained is null): scores are meaningless"
+    return summary
+
+
 def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
     paths = match_inputs(config.dataset.input)
     spec = DatasetSpec.from_config(config.dataset)
     out = config.output.path
 
     rows = pipeline | "Read" >> ReadDataset(paths, spec)
-    records = rows | "Reshuffle" >> beam.Reshuffle()
     embedding = config.embedding
+    records = rows
+    if embedding.precomputed:
+        from transforms.embed import AttachPrecomputedEmbeddings
+
+        # Before the Reshuffle: rows still come in file order, so shard reads stay sequential.
+        records = records | "AttachPrecomputed" >> AttachPrecomputedEmbeddings(embedding.precomputed, embedding.model)
+    records = records | "Reshuffle" >> beam.Reshuffle()
     if config.fetch.enabled:
         records = (
             records
@@ -66,6 +102,16 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
     else:
         records = records | "NotFetched" >> beam.Map(_mark_not_fetched)
 
+    if embedding.enabled and not embedding.precomputed:
+        from transforms.embed import EmbedImages
+
+        records = records | "Embed" >> EmbedImages.from_config(embedding)
+    if embedding.enabled or embedding.precomputed:
+        from transforms.classify import ClassifyImages
+
+        records = records | "Classify" >> ClassifyImages.from_config(
+            embedding, config.classify.categories, batch_size=config.classify.batch_size
+        )
     records = records | "FlagCaptions" >> FlagCaptions()
     if config.takedown.lists:
         from transforms.takedown import MatchTakedown
@@ -81,6 +127,9 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
     )
 
     records | "WriteAudit" >> WriteAudit(out, config.output.num_shards)
+    records | "Review" >> beam.Filter(_is_for_review) | "WriteReview" >> WriteReview(out)
+    if config.output.write_embeddings:
+        records | "WriteEmbeddings" >> WriteEmbeddings(out)
     removed = records | "Removed" >> beam.Filter(_is_removed)
     removed | "WriteRemovals" >> WriteRemovals(out)
     (
@@ -95,6 +144,7 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
             "dataset": {"url_col": spec.url_col, "caption_col": spec.caption_col, "id_col": spec.id_col,
                         "format": spec.format},
             "takedown_lists": len(config.takedown.lists),
+            **model_summary(config),
         },
     )
 
@@ -116,7 +166,12 @@ def run_pipeline(config_runner, build) -> tuple[object, float]:
     """Build with `build(pipeline)`, run to the end; return (result, wall seconds)."""
     started = time.monotonic()
     pipeline = beam.Pipeline(runner=make_runner(config_runner.name), options=make_options(config_runner.options))
-    build(pipeline)
+    try:
+        build(pipeline)
+    except ValueError as err:
+        # Building reads what the config names (dataset columns, embedding layout,
+        # categories, heads): a problem there is the config's, reported before any work.
+        raise ConfigError(str(err).splitlines()[0]) from None
     result = pipeline.run()
     result.wait_until_finish()
     return result, time.monotonic() - started

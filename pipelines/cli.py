@@ -15,14 +15,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set or [])
     # Beam is imported only once the config is known to be good: errors come back fast.
     from pipelines.audit import run_audit
-    from transforms.read import DatasetError
 
     _check_lists(config.takedown.lists)
-
-    try:
-        run = run_audit(config)
-    except DatasetError as err:
-        raise ConfigError(str(err)) from None
+    run = run_audit(config)
     print_summary(run.summary, config.output.path)
     return 0 if run.summary["all_rows_accounted"] else 1
 
@@ -54,30 +49,21 @@ def _cmd_request(args: argparse.Namespace) -> int:
 
 
 def _image_embedder(model_name: str, pretrained: str | None):
-    """An embed_fn(PIL image) -> unit vector with the audit's model."""
-    import torch
+    """embed_fn(PIL image) -> unit vector, through the audit's own handler: the same
+    preprocessing and model as the audit's embedding stage, so clip entries compare."""
+    from transforms.embed import OpenClipImageHandler
 
-    from transforms.embed import load_clip
-
-    model, preprocess, _, _ = load_clip(model_name, pretrained, "cpu")
-
-    def embed(image):
-        with torch.inference_mode():
-            vector = model.encode_image(preprocess(image).unsqueeze(0))[0]
-        return (vector / vector.norm()).numpy()
-
-    return embed
+    handler = OpenClipImageHandler(model_name, pretrained, "cpu")
+    model = handler.load_model()
+    return lambda image: handler.run_inference([image], model)[0]
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
     from pipelines.apply import run_apply
-    from transforms.read import DatasetError, DatasetSpec
+    from transforms.read import DatasetSpec
 
     spec = DatasetSpec(url_col=args.url_col, id_col=args.id_col, format=args.format)
-    try:
-        counts = run_apply(args.removals, args.input, args.out, spec)
-    except DatasetError as err:
-        raise ConfigError(str(err)) from None
+    counts = run_apply(args.removals, args.input, args.out, spec)
     print(f"cleaned {counts['files']} file(s) into {args.out}: kept {counts['rows_kept']} rows, "
           f"dropped {counts['rows_dropped']}")
     return 0

@@ -87,6 +87,23 @@ REMOVAL_SCHEMA = pa.schema(
     ]
 )
 
+# review/: rows a person should look at. Scores and reasons only: no image is stored.
+REVIEW_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.string()),
+        ("row_key", pa.string()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("labels", pa.list_(pa.string())),
+        ("scores", pa.map_(pa.string(), pa.float32())),
+        ("caption_flags", pa.list_(pa.string())),
+        ("reasons", pa.list_(pa.string())),
+    ]
+)
+
+# embeddings/ (only when output.write_embeddings): row id and the unit vector as float16.
+EMBEDDING_SCHEMA = pa.schema([("row_id", pa.string()), ("embedding", pa.list_(pa.float16()))])
+
 # published/: safe to post so others clean their copies: no URL, caption, hash or reason.
 PUBLISHED_SCHEMA = pa.schema([("url_sha256", pa.string()), ("row_key", pa.string())])
 
@@ -133,6 +150,13 @@ def removal_rows(record: dict) -> list[dict]:
             for reason in record.get("reasons") or ("removed",)
         ]
     return rows
+
+
+def review_row(record: dict) -> dict:
+    row = {name: record.get(name) for name in REVIEW_SCHEMA.names}
+    if isinstance(row["scores"], dict):
+        row["scores"] = list(row["scores"].items())
+    return row
 
 
 def published_row(record: dict) -> dict:

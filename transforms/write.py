@@ -15,12 +15,15 @@ from apache_beam.metrics import Metrics
 
 from transforms.records import (
     AUDIT_SCHEMA,
+    EMBEDDING_SCHEMA,
+    REVIEW_SCHEMA,
     PUBLISHED_SCHEMA,
     REMOVAL_SCHEMA,
     STATUSES,
     audit_row,
     published_row,
     removal_rows,
+    review_row,
 )
 
 
@@ -95,6 +98,44 @@ class WriteRemovals(beam.PTransform):
             | "WritePublished" >> _parquet(output_dir(self._output, "published/part"), PUBLISHED_SCHEMA)
         )
         return removals, published
+
+
+class WriteReview(beam.PTransform):
+    """Records whose action is review -> `review/` (labels, scores, flags, reasons)."""
+
+    def __init__(self, output_path: str):
+        super().__init__()
+        self._prefix = output_dir(output_path, "review/part")
+
+    def expand(self, to_review):
+        return (
+            to_review
+            | "ReviewRows" >> beam.Map(review_row)
+            | "WriteReview" >> _parquet(self._prefix, REVIEW_SCHEMA)
+        )
+
+
+class WriteEmbeddings(beam.PTransform):
+    """Embedded records -> `embeddings/` (row_id, float16 vector). Only when asked:
+    an embedding says much about an image."""
+
+    def __init__(self, output_path: str):
+        super().__init__()
+        self._prefix = output_dir(output_path, "embeddings/part")
+
+    def expand(self, records):
+        return (
+            records
+            | "Embedded" >> beam.Filter(lambda r: r.get("_embedding") is not None)
+            | "EmbeddingRows" >> beam.Map(_embedding_row)
+            | "WriteEmbeddings" >> _parquet(self._prefix, EMBEDDING_SCHEMA)
+        )
+
+
+def _embedding_row(record: dict) -> dict:
+    import numpy as np
+
+    return {"row_id": record["row_id"], "embedding": np.asarray(record["_embedding"], dtype=np.float16)}
 
 
 class SummaryFn(beam.CombineFn):
