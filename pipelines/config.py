@@ -24,6 +24,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _as_list(value: Any) -> Any:
+    """A YAML key that takes a list also takes one string (or null for an empty list)."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else value
+
+
 class DatasetConfig(_Section):
     input: list[str] = Field(min_length=1)
     format: Literal["parquet", "csv", "tsv", "jsonl"] | None = None
@@ -33,10 +40,7 @@ class DatasetConfig(_Section):
     # Parquet row groups are the unit of parallel reading; bigger groups are split.
     read_batch_rows: int = Field(default=65_536, gt=0)
 
-    @field_validator("input", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+    _input_as_list = field_validator("input", mode="before")(_as_list)
 
 
 class OutputConfig(_Section):
@@ -69,12 +73,7 @@ class TakedownConfig(_Section):
     phash_max_distance: int = Field(default=8, ge=0, le=64)
     clip_min_cosine: float = Field(default=0.9, ge=-1, le=1)
 
-    @field_validator("lists", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        if value is None:
-            return []
-        return [value] if isinstance(value, str) else value
+    _lists_as_list = field_validator("lists", mode="before")(_as_list)
 
 
 class EmbeddingConfig(_Section):
@@ -98,12 +97,7 @@ class PolicyConfig(_Section):
     remove_if: list[str] = Field(default_factory=list)
     review_if: list[str] = Field(default_factory=list)
 
-    @field_validator("remove_if", "review_if", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        if value is None:
-            return []
-        return [value] if isinstance(value, str) else value
+    _exprs_as_list = field_validator("remove_if", "review_if", mode="before")(_as_list)
 
 
 class RunnerConfig(_Section):

@@ -1,6 +1,7 @@
 """Shared fixtures: a local Beam runner helper and small LAION-style datasets."""
 from __future__ import annotations
 
+import sys
 import uuid
 
 import apache_beam as beam
@@ -60,3 +61,26 @@ def write_parquet(tmp_path):
         return str(path)
 
     return _write
+
+
+_NETWORK_OFF = False
+
+
+def _refuse_connections(event: str, args: tuple) -> None:
+    # An audit hook sees every socket connect of this process, whatever library makes it.
+    if _NETWORK_OFF and event == "socket.connect":
+        raise OSError(f"network is off for this test: connect to {args[1]!r}")
+
+
+sys.addaudithook(_refuse_connections)
+
+
+@pytest.fixture
+def network_off():
+    """No socket of this process may connect while the test runs."""
+    global _NETWORK_OFF
+    _NETWORK_OFF = True
+    try:
+        yield
+    finally:
+        _NETWORK_OFF = False

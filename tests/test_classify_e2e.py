@@ -3,7 +3,6 @@ model (random weights: no hub is reachable) and with LAION's published-embedding
 from __future__ import annotations
 
 import glob
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -19,17 +18,6 @@ from transforms.classify import load_categories
 from transforms.embed import write_laion_layout
 
 DEFAULT_CATEGORIES = {"medical_clinical", "medical_scan", "nudity", "face", "child", "id_document"}
-_NETWORK_OFF = False
-
-
-def _refuse_connections(event: str, args: tuple) -> None:
-    if _NETWORK_OFF and event == "socket.connect":
-        raise OSError(f"network is off for this test: connect to {args[1]!r}")
-
-
-sys.addaudithook(_refuse_connections)
-
-
 def _audit_rows(output: str) -> list[dict]:
     return [r for f in sorted(glob.glob(f"{output}/audit/*.parquet")) for r in pq.read_table(f).to_pylist()]
 
@@ -78,8 +66,7 @@ def test_fetched_rows_get_all_six_scores(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-2)
 
 
-def test_laion_layout_is_classified_without_fetching(tmp_path):
-    global _NETWORK_OFF
+def test_laion_layout_is_classified_without_fetching(tmp_path, network_off):
     rng = np.random.default_rng(0)
     shards = []
     for shard, n in enumerate((6, 4)):
@@ -94,11 +81,7 @@ def test_laion_layout_is_classified_without_fetching(tmp_path):
         "fetch": {"enabled": False},
         "embedding": {"precomputed": str(tmp_path / "laion"), "model": "ViT-B-32", "pretrained": None},
     })
-    _NETWORK_OFF = True
-    try:
-        run = run_audit(config)
-    finally:
-        _NETWORK_OFF = False
+    run = run_audit(config)
     rows = _audit_rows(config.output.path)
     assert len(rows) == 10 == run.rows_in
     assert {r["status"] for r in rows} == {"not_fetched"}

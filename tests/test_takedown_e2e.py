@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -17,28 +16,6 @@ from scripts.demo import copies_of
 from scripts.sample_images import make_photo_jpeg
 from tests.conftest import laion_table
 from tests.hostile_server import HostileServer
-
-_NETWORK_OFF = False
-
-
-def _refuse_connections(event: str, args: tuple) -> None:
-    # An audit hook sees every socket connect of this process, whatever library makes it.
-    if _NETWORK_OFF and event == "socket.connect":
-        raise OSError(f"network is off for this test: connect to {args[1]!r}")
-
-
-sys.addaudithook(_refuse_connections)
-
-
-@pytest.fixture
-def network_off():
-    global _NETWORK_OFF
-    _NETWORK_OFF = True
-    try:
-        yield
-    finally:
-        _NETWORK_OFF = False
-
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory):
