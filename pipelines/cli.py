@@ -23,7 +23,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_request(args: argparse.Namespace) -> int:
-    from transforms.request import EMBEDDING_WARNING, request_entries, write_request
+    from transforms.request import request_entries, write_request
 
     embed_fn = None
     if args.with_embedding:
@@ -37,14 +37,13 @@ def _cmd_request(args: argparse.Namespace) -> int:
     write_request(entries, args.out)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if args.with_embedding:
-        print(f"warning: {EMBEDDING_WARNING}", file=sys.stderr)
     kinds: dict[str, int] = {}
     for entry in entries:
         kinds[entry.kind] = kinds.get(entry.kind, 0) + 1
     described = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-    print(f"wrote {len(entries)} hash entries ({described}) for {len(args.photos)} photo(s) to {args.out}")
-    print("the file holds hashes only: no image, file name, path or EXIF")
+    print(f"wrote {len(entries)} entries ({described}) for {len(args.photos)} photo(s) to {args.out}")
+    kept = "hashes and an embedding" if args.with_embedding else "hashes only"
+    print(f"the file holds {kept}: no image, file name, path or EXIF")
     return 0
 
 

@@ -100,3 +100,31 @@ def test_misaligned_layout_fails_before_the_run(tmp_path):
     })
     with pytest.raises(ConfigError, match="metadata_0"):
         run_audit(config)
+
+
+def test_request_embedding_matches_the_audit_embedding_of_the_same_photo(tmp_path):
+    from pipelines.cli import main as cli_main
+
+    photo = make_photo_jpeg(4242, 700, 500)
+    (tmp_path / "mine.jpg").write_bytes(photo)
+    request = tmp_path / "request.jsonl"
+    assert cli_main(["request", str(tmp_path / "mine.jpg"), "--out", str(request), "--with-embedding",
+                     "--model", "ViT-B-32"]) == 0
+    with HostileServer() as server:
+        urls = [server.url(server.add_image("copy.jpg", photo)),
+                server.url(server.add_image("other.jpg", make_photo_jpeg(9, 700, 500)))]
+        dataset = tmp_path / "rows.parquet"
+        pq.write_table(laion_table(urls), dataset)
+        config = parse_config({
+            "dataset": {"input": str(dataset)},
+            "output": {"path": str(tmp_path / "out")},
+            "fetch": {"allow_private_networks": True},
+            "embedding": {"enabled": True, "model": "ViT-B-32"},
+            # Random weights map many images close together: only the same pixels match here.
+            "takedown": {"lists": [str(request)], "clip_min_cosine": 0.9999},
+        })
+        run_audit(config)
+    rows = {r["url"]: r for r in _audit_rows(config.output.path)}
+    clip_hits = [m for m in rows[urls[0]]["matches"] if m["kind"] == "clip"]
+    assert len(clip_hits) == 1 and clip_hits[0]["distance"] < 1e-4
+    assert not [m for m in rows[urls[1]]["matches"] if m["kind"] == "clip"]
