@@ -419,3 +419,13 @@ def test_fetch_images_turns_a_broken_fetcher_into_internal_errors() -> None:
         do_fn.teardown()
     assert [r["status"] for r in out] == ["internal_error"] * 3
     assert all(r["error"] == "RuntimeError" for r in out)
+
+
+def test_fetch_as_completed_yields_each_position_once_fastest_first(server: HostileServer) -> None:
+    settings = replace(LOCAL, timeout_s=2, retries=0)
+    urls = [server.url("/hang"), server.url("/404"), server.url("/img/redirected")]
+    with Fetcher(settings) as fetcher:
+        order = list(fetcher.fetch_as_completed(urls))
+    assert sorted(i for i, _ in order) == [0, 1, 2]
+    assert order[-1][0] == 0 and order[-1][1].status == "timeout"
+    assert {i: r.status for i, r in order} == {0: "timeout", 1: "http_error", 2: "ok"}

@@ -11,6 +11,7 @@ batches; `Fetch` is the Beam transform the pipelines use.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
 import email.utils
@@ -18,7 +19,7 @@ import random
 import re
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -459,6 +460,24 @@ class Fetcher:
             future = asyncio.run_coroutine_threadsafe(self._fetch_all(list(urls)), self._loop)
         return future.result()
 
+    def fetch_as_completed(self, urls: Sequence[object]) -> Iterator[tuple[int, FetchResult]]:
+        """Fetch every URL concurrently; yield ``(position, result)`` as each finishes.
+
+        The caller works on early results (decoding, hashing) while the loop thread is
+        still downloading the rest of the batch.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("Fetcher is closed")
+            futures = {
+                asyncio.run_coroutine_threadsafe(
+                    fetch_one(self._session, url, self.settings, self._limits), self._loop
+                ): i
+                for i, url in enumerate(urls)
+            }
+        for future in concurrent.futures.as_completed(futures):
+            yield futures[future], future.result()
+
     async def _aclose(self) -> None:
         await self._session.close()
         await self._resolver.close()  # not owned by the connector: close it ourselves
@@ -535,31 +554,36 @@ class FetchImages(beam.DoFn):
             counter = self._status_counters[status] = Metrics.counter("fetch", f"status_{status}")
         counter.inc()
 
-    def _results(self, urls: list[object]) -> list[FetchResult]:
+    def _results(self, urls: list[object]) -> Iterator[tuple[int, FetchResult]]:
+        """(position, result) for every URL, as fetches finish; a failure of the fetcher
+        itself still gives one result per URL."""
+        done: set[int] = set()
         try:
             if self._fetcher is None:
                 self._fetcher = Fetcher(self._settings)
-            results = self._fetcher.fetch_all(urls)
-            if len(results) != len(urls):
-                raise RuntimeError("fetcher returned a different number of results")
-            return results
+            for i, result in self._fetcher.fetch_as_completed(urls):
+                done.add(i)
+                yield i, result
         except Exception as exc:  # a failed batch must still yield one row per input
-            return [FetchResult("internal_error", error=type(exc).__name__) for _ in urls]
+            for i in range(len(urls)):
+                if i not in done:
+                    yield i, FetchResult("internal_error", error=type(exc).__name__)
 
     def process(self, batch: Sequence[dict]):  # type: ignore[no-untyped-def]
         batch = list(batch)
-        pending = [i for i, record in enumerate(batch) if record.get("status") is None]
-        results = self._results([batch[i].get("url") for i in pending])
-        by_index = dict(zip(pending, results, strict=True))
-        for i, record in enumerate(batch):
-            result = by_index.get(i)
-            if result is None:
+        pending = []
+        for record in batch:
+            if record.get("status") is None:
+                pending.append(record)
+            else:
                 yield record
-                continue
+        # Records leave as their fetches finish: the next stage (decode + hash, fused
+        # into this thread) overlaps with the downloads still in flight.
+        for i, result in self._results([record.get("url") for record in pending]):
             self._count(result.status)
             if result.body is not None:
                 self._bytes.inc(len(result.body))
-            yield apply_fetch_result(record, result)
+            yield apply_fetch_result(pending[i], result)
 
 
 class Fetch(beam.PTransform):
