@@ -6,7 +6,6 @@ import uuid
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 from apache_beam.metrics.metric import MetricsFilter
@@ -174,6 +173,23 @@ def test_handler_settings_reach_runinference():
     assert single.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 1}
     assert single.spec == h.spec and single.share_model_across_processes()
     assert single.get_resource_hints() == gpu
+
+
+def test_an_accelerator_hint_lands_on_the_inference_steps_only():
+    gpu = {"accelerator": "type:nvidia-l4;count:1;install-nvidia-driver"}
+    pipeline = beam.Pipeline(runner=FnApiRunner())
+    _ = (pipeline | beam.Create([{"row_id": "a"}])
+         | "Embed" >> EmbedImages(OpenClipImageHandler(SMALL_MODEL, None, resource_hints=gpu)))
+    proto = pipeline.to_runner_api()
+    environments = proto.components.environments
+
+    hinted = {
+        t.unique_name for t in proto.components.transforms.values()
+        if t.environment_id and "beam:resources:accelerator:v1" in environments[t.environment_id].resource_hints
+    }
+    assert {"Embed/RunInference/BeamML_RunInference",
+            "Embed/RunInferenceSingly/BeamML_RunInference"} <= hinted
+    assert all("/BeamML_RunInference" in name for name in hinted)
 
 
 @pytest.mark.parametrize("model, pretrained, key", [

@@ -283,6 +283,8 @@ class LoadedClip:
             if x.dtype == torch.uint8:
                 # Exactly ToTensor + Normalize, batched: same float ops, same values.
                 x = x.permute(0, 3, 1, 2).to(torch.float32).div(255).sub(self._mean).div(self._std)
+            else:
+                x = x.to(torch.float32)
             with self._autocast():
                 feats = self.model.encode_image(x)
             feats = F.normalize(feats.float(), dim=-1)
