@@ -105,7 +105,7 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
     if embedding.enabled and not embedding.precomputed:
         from transforms.embed import EmbedImages
 
-        records = records | "Embed" >> EmbedImages.from_config(embedding)
+        records = records | "Embed" >> EmbedImages.from_config(embedding, **embedding.handler_options())
     if embedding.enabled or embedding.precomputed:
         from transforms.classify import ClassifyImages
 

@@ -79,10 +79,26 @@ class TakedownConfig(_Section):
 class EmbeddingConfig(_Section):
     enabled: bool = False
     model: str = "ViT-B-32"
-    pretrained: str | None = None
-    precomputed: str | None = None
+    pretrained: str | None = None  # open_clip tag, local or gs:// checkpoint; null: random weights
+    precomputed: str | None = None  # a LAION-layout directory (img_emb/ + metadata/)
     batch_size: int = Field(default=64, gt=0)
-    device: str = "auto"
+    device: str = "auto"  # auto: cuda when present
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    num_threads: int | None = Field(default=None, gt=0)
+    large_model: bool = False  # one model per machine, shared by its worker processes
+    model_copies: int | None = Field(default=None, gt=0)
+    # Beam resource hints for the embedding steps only, e.g.
+    # {accelerator: "type:nvidia-l4;count:1;install-nvidia-driver"} on Dataflow.
+    resource_hints: dict[str, str] = Field(default_factory=dict)
+
+    def handler_options(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision,
+            "num_threads": self.num_threads,
+            "large_model": self.large_model,
+            "model_copies": self.model_copies,
+            "resource_hints": self.resource_hints,
+        }
 
 
 class ClassifyConfig(_Section):
