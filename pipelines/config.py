@@ -196,7 +196,7 @@ def parse_config(data: Any, check_files: bool = True) -> AuditConfig:
 def policy_names(config: AuditConfig) -> set[str]:
     """Names a policy expression may use: categories, caption flags, match kinds."""
     from transforms.captions import CAPTION_FLAGS
-    from transforms.classify import load_categories
+    from transforms.categories import load_categories
     from transforms.signals import SIGNAL_TYPES
 
     try:
