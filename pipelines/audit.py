@@ -50,9 +50,7 @@ def fetch_settings(config: AuditConfig) -> FetchSettings:
 
 
 def _mark_not_fetched(record: dict) -> dict:
-    if record["status"] is None:
-        record["status"] = "not_fetched"
-    return record
+    return {**record, "status": "not_fetched"} if record["status"] is None else record
 
 
 def _is_removed(record: dict) -> bool:

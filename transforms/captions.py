@@ -728,10 +728,10 @@ class _FlagCaptions(beam.DoFn):
 
     def process(self, record: dict):
         flags = self._scanner.flags(record.get("caption"))
-        record["caption_flags"] = flags
         if flags:
             self._flagged.inc()
-        yield record
+        # A new dict: Beam forbids changing an input element another consumer may see.
+        yield {**record, "caption_flags": flags}
 
 
 class FlagCaptions(beam.PTransform):

@@ -469,9 +469,10 @@ class _DecideAction(beam.DoFn):
         self._review = compile_policies(self._review_if, self._known, "policy.review_if")
 
     def process(self, record: dict):
-        record["action"], record["reasons"] = decide(record, self._remove, self._review)
-        self._actions[record["action"]].inc()
-        yield record
+        action, reasons = decide(record, self._remove, self._review)
+        self._actions[action].inc()
+        # A new dict: Beam forbids changing an input element another consumer may see.
+        yield {**record, "action": action, "reasons": reasons}
 
 
 class DecideAction(beam.PTransform):
