@@ -37,7 +37,8 @@ class DatasetConfig(_Section):
     url_col: str = "URL"
     caption_col: str = "TEXT"
     id_col: str | None = None
-    # Parquet row groups are the unit of parallel reading; bigger groups are split.
+    # Parquet files are read in units of whole row groups of about this many rows (a
+    # row group is never split), and every file in Arrow batches of this size.
     read_batch_rows: int = Field(default=65_536, gt=0)
 
     _input_as_list = field_validator("input", mode="before")(_as_list)
@@ -60,7 +61,7 @@ class FetchConfig(_Section):
     backoff_max_s: float = Field(default=30.0, ge=0)
     max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_redirects: int = Field(default=5, ge=0)
-    max_pixels: int = Field(default=89_478_485, gt=0)
+    max_pixels: int = Field(default=40_000_000, gt=0)  # decompression-bomb cap, checked before decoding
     allow_private_networks: bool = False
     respect_opt_out: bool = True
     user_agent: str | None = None
@@ -190,6 +191,14 @@ def parse_config(data: Any, check_files: bool = True) -> AuditConfig:
         _check_local_inputs("dataset.input", config.dataset.input)
         _check_local_inputs("takedown.lists", config.takedown.lists)
     _check_policies(config)
+    if config.embedding.precomputed and config.dataset.id_col:
+        # Published embeddings are joined by <metadata file>:<row position>.
+        raise ConfigError("dataset.id_col: must be null with embedding.precomputed")
+    from pipelines.runners import check_runner
+
+    problem = check_runner(config.runner.name, config.runner.options)
+    if problem:
+        raise ConfigError(problem)
     return config
 
 

@@ -113,3 +113,29 @@ def test_policy_expressions_are_checked_at_load(tmp_path):
     message = str(err.value)
     assert message.startswith("policy.remove_if[2]: child and nuditty: unknown name 'nuditty'")
     assert "at column 11" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "runner, message",
+    [
+        ({"name": "DataflowRuner"}, "runner.name: unknown runner 'DataflowRuner'"),
+        ({"name": "FnApiRunner", "options": {"direct_num_worker": 2}},
+         "runner.options.direct_num_worker: not a Beam pipeline option"),
+        ({"name": "FnApiRunner", "options": {"direct_running_mode": "multiprocess"}},
+         "runner.options: argument --direct_running_mode: invalid choice: 'multiprocess'"),
+    ],
+)
+def test_runner_mistakes_are_config_errors(tmp_path, runner, message):
+    data = _base(tmp_path)
+    data["runner"] = runner
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_published_embeddings_need_position_row_ids(tmp_path):
+    data = _base(tmp_path)
+    data["dataset"]["id_col"] = "SAMPLE_ID"
+    data["embedding"] = {"precomputed": str(tmp_path)}
+    with pytest.raises(ConfigError, match="dataset.id_col: must be null with embedding.precomputed"):
+        parse_config(data)
