@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 
 import apache_beam as beam
@@ -32,6 +33,7 @@ from transforms.write import (
     WriteRemovals,
     WriteReview,
     WriteSummary,
+    clear_outputs,
     output_dir,
     read_json,
     summary_path,
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 def fetch_settings(config: AuditConfig) -> FetchSettings:
     fields = {f.name for f in dataclasses.fields(FetchSettings)}
     values = {k: v for k, v in config.fetch.model_dump().items() if k in fields and v is not None}
-    values["min_batch_size"] = min(values.get("min_batch_size", 16), config.fetch.batch_size)
+    values["min_batch_size"] = min(16, config.fetch.batch_size)
     values["max_batch_size"] = config.fetch.batch_size
     return FetchSettings(**values)
 
@@ -77,7 +79,8 @@ def model_summary(config: AuditConfig) -> dict:
 
 
 def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
-    paths = match_inputs(config.dataset.input)
+    # Absolute local paths: the summary records them for `rematch`, run from anywhere.
+    paths = [p if "://" in p else os.path.abspath(p) for p in match_inputs(config.dataset.input)]
     spec = DatasetSpec.from_config(config.dataset)
     out = config.output.path
 
@@ -142,6 +145,17 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
             "dataset": {"url_col": spec.url_col, "caption_col": spec.caption_col, "id_col": spec.id_col,
                         "format": spec.format},
             "takedown_lists": len(config.takedown.lists),
+            # What `rematch` needs to decide as this run did.
+            "takedown": {
+                "pdq_max_distance": config.takedown.pdq_max_distance,
+                "phash_max_distance": config.takedown.phash_max_distance,
+                "clip_min_cosine": config.takedown.clip_min_cosine,
+            },
+            "policy": {
+                "remove_if": config.policy.remove_if,
+                "review_if": config.policy.review_if,
+                "names": sorted(policy_names(config)),
+            },
             **model_summary(config),
         },
     )
@@ -160,8 +174,9 @@ def counter(result, namespace: str, name: str) -> int:
     return sum(c.committed or c.attempted or 0 for c in found)
 
 
-def run_pipeline(config_runner, build) -> tuple[object, float]:
-    """Build with `build(pipeline)`, run to the end; return (result, wall seconds)."""
+def run_pipeline(config_runner, build, output_path: str | None = None) -> tuple[object, float]:
+    """Build with `build(pipeline)`, clear `output_path` of a previous run's outputs,
+    run to the end; return (result, wall seconds)."""
     started = time.monotonic()
     pipeline = beam.Pipeline(runner=make_runner(config_runner.name), options=make_options(config_runner.options))
     try:
@@ -170,6 +185,8 @@ def run_pipeline(config_runner, build) -> tuple[object, float]:
         # Building reads what the config names (dataset columns, embedding layout,
         # categories, heads): a problem there is the config's, reported before any work.
         raise ConfigError(str(err).splitlines()[0]) from None
+    if output_path is not None:
+        clear_outputs(output_path)
     result = pipeline.run()
     result.wait_until_finish()
     return result, time.monotonic() - started
@@ -195,6 +212,6 @@ def finish_summary(result, output_path: str, wall_s: float) -> dict:
 
 
 def run_audit(config: AuditConfig) -> AuditRun:
-    result, wall_s = run_pipeline(config.runner, lambda p: build_audit(p, config))
+    result, wall_s = run_pipeline(config.runner, lambda p: build_audit(p, config), config.output.path)
     summary = finish_summary(result, config.output.path, wall_s)
     return AuditRun(summary, summary["metrics"]["rows_in"], summary["metrics"]["rows_audited"], wall_s)

@@ -128,3 +128,21 @@ def test_bad_list_is_a_config_error(audited, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("laion-audit: config error: takedown.lists:") and "e1" in err
     assert "\n" not in err
+
+
+def test_rematch_refuses_to_overwrite_the_audit_it_reads(audited, capsys):
+    audit = str(audited["tmp"] / "audit")
+    code = cli_main(["rematch", "--audit", audit, "--lists", str(audited["request"]), "--out", audit + "/"])
+    assert code == 2
+    assert "--out: must not be the audit being rematched" in capsys.readouterr().err
+
+
+def test_rerun_into_the_same_output_replaces_every_shard(audited, tmp_path):
+    shutil.copytree(audited["tmp"] / "audit", tmp_path / "audit")
+    config = audited["config"].model_copy(deep=True)
+    config.output.path = str(tmp_path / "audit")
+    config.output.num_shards = 3  # another shard count than the first run's
+    config.fetch.enabled = False  # a quick rerun: every row not_fetched
+    run_audit(config)
+    rows = _table(tmp_path / "audit" / "audit")
+    assert len(rows) == len(audited["urls"]) and {r["status"] for r in rows} <= {"not_fetched", "invalid_url"}

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import posixpath
+import shutil
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -21,6 +23,7 @@ from transforms.records import (
     REMOVAL_SCHEMA,
     STATUSES,
     audit_row,
+    embedding_row,
     published_row,
     removal_rows,
     review_row,
@@ -29,6 +32,23 @@ from transforms.records import (
 
 def output_dir(output_path: str, name: str) -> str:
     return FileSystems.join(output_path, name) if "://" in output_path else posixpath.join(output_path, name)
+
+
+# Everything a run writes under its output path.
+OUTPUT_DIRS = ("audit", "removals", "published", "review", "embeddings", "clean", "report")
+
+
+def clear_outputs(output_path: str) -> None:
+    """Remove a previous run's outputs. Beam replaces only shards of the same count, so
+    a rerun into the same path would otherwise leave old shards beside the new ones."""
+    for name in OUTPUT_DIRS:
+        folder = output_dir(output_path, name)
+        if "://" in folder:
+            found = FileSystems.match([folder + "/**"])[0].metadata_list
+            if found:
+                FileSystems.delete([m.path for m in found])
+        elif os.path.isdir(folder):
+            shutil.rmtree(folder)
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -127,15 +147,9 @@ class WriteEmbeddings(beam.PTransform):
         return (
             records
             | "Embedded" >> beam.Filter(lambda r: r.get("_embedding") is not None)
-            | "EmbeddingRows" >> beam.Map(_embedding_row)
+            | "EmbeddingRows" >> beam.Map(embedding_row)
             | "WriteEmbeddings" >> _parquet(self._prefix, EMBEDDING_SCHEMA)
         )
-
-
-def _embedding_row(record: dict) -> dict:
-    import numpy as np
-
-    return {"row_id": record["row_id"], "embedding": np.asarray(record["_embedding"], dtype=np.float16)}
 
 
 class SummaryFn(beam.CombineFn):
