@@ -77,9 +77,14 @@ def _cmd_rematch(args: argparse.Namespace) -> int:
     _check_lists(args.lists)
     if "://" not in args.audit and not Path(args.audit, "report", "summary.json").exists():
         raise ConfigError(f"--audit: '{args.audit}' is not an audit output (no report/summary.json)")
-    plan = plan_rematch(args.audit, args.lists, args.out, args.input,
-                        pdq_max_distance=args.pdq_max_distance, phash_max_distance=args.phash_max_distance,
-                        clip_min_cosine=args.clip_min_cosine)
+    try:
+        plan = plan_rematch(args.audit, args.lists, args.out, args.input,
+                            pdq_max_distance=args.pdq_max_distance, phash_max_distance=args.phash_max_distance,
+                            clip_min_cosine=args.clip_min_cosine)
+    except ValueError as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     summary = run_rematch(plan)
     print_summary(summary, args.out)
     if not plan.inputs:
@@ -92,7 +97,7 @@ def _check_lists(paths: list[str]) -> None:
     line and entry, rather than on every worker."""
     from transforms.takedown import TakedownListError, load_lists
 
-    local = [p for p in paths if "://" not in p]
+    local = [p for p in paths if "://" not in p]  # remote lists are read on the workers
     try:
         load_lists(local)
     except (TakedownListError, ValueError) as err:
@@ -152,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     rematch.add_argument("--out", required=True, metavar="OUT_DIR")
     rematch.add_argument("--input", nargs="+", default=None, metavar="DATASET",
                          help="the audited dataset, for clean/ (default: as recorded in the audit)")
-    rematch.add_argument("--pdq-max-distance", type=int, default=31)
-    rematch.add_argument("--phash-max-distance", type=int, default=8)
-    rematch.add_argument("--clip-min-cosine", type=float, default=0.9)
+    rematch.add_argument("--pdq-max-distance", type=int, default=None, help="default: as the audit ran")
+    rematch.add_argument("--phash-max-distance", type=int, default=None, help="default: as the audit ran")
+    rematch.add_argument("--clip-min-cosine", type=float, default=None, help="default: as the audit ran")
     rematch.set_defaults(handler=_cmd_rematch)
     return parser
 

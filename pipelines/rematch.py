@@ -10,6 +10,8 @@ whole cost, so only rows whose takedown state changes are touched one by one.
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -24,7 +26,8 @@ from pipelines.config import RunnerConfig
 from transforms.clean import WriteCleanDataset
 from transforms.read import DatasetSpec, match_inputs, source_names
 from transforms.records import AUDIT_SCHEMA
-from transforms.takedown import IndexSpec, TakedownIndex
+from transforms.policy import Policy, compile_policies, decide
+from transforms.takedown import IndexSpec, TakedownIndex, load_lists
 from transforms.write import (
     SummaryFn,
     WriteRemovals,
@@ -36,12 +39,13 @@ from transforms.write import (
 )
 
 MATCHES_TYPE = AUDIT_SCHEMA.field("matches").type
-TAKEDOWN_PREFIX = "takedown:"
 
 
-def rematch_table(table: pa.Table, index: TakedownIndex) -> pa.Table:
-    """The audit rows of `table` with `matches`, `action` and `reasons` recomputed for
-    the index's lists. Policy decisions (reasons not from a list) are kept."""
+def rematch_table(table: pa.Table, index: TakedownIndex,
+                  remove: Sequence[Policy] = (), review: Sequence[Policy] = ()) -> pa.Table:
+    """The audit rows of `table` with `matches` recomputed for the index's lists, and
+    `action` / `reasons` decided again, with the audit's own policies, for every row
+    whose takedown matches were or are now non-empty (no other row can change)."""
     table = table.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA)
     columns = {name: table.column(name) for name in index.columns if name in table.column_names}
     matches = index.match_columns(columns, rows=table.num_rows)
@@ -55,39 +59,32 @@ def rematch_table(table: pa.Table, index: TakedownIndex) -> pa.Table:
         return table
     actions = table.column("action").to_pylist()
     reasons = table.column("reasons").to_pylist()
-    for i in changed.tolist():
-        actions[i], reasons[i] = redecide(actions[i], reasons[i] or [], matches[i])
+    for i, row in zip(changed.tolist(), table.take(pa.array(changed)).to_pylist()):
+        actions[i], reasons[i] = decide(row, remove, review)
     table = table.set_column(table.schema.get_field_index("action"), "action", pa.array(actions, pa.string()))
     return table.set_column(
         table.schema.get_field_index("reasons"), "reasons", pa.array(reasons, pa.list_(pa.string()))
     )
 
 
-def redecide(action: str | None, reasons: list[str], matches: list[dict]) -> tuple[str, list[str]]:
-    """A row's action once its takedown matches are replaced by `matches`."""
-    policy = [r for r in reasons if not r.startswith(TAKEDOWN_PREFIX)]
-    takedown = [f"{TAKEDOWN_PREFIX}{list_id}" for list_id in sorted({m["list_id"] for m in matches})]
-    if takedown:
-        return "remove", takedown + (policy if action == "remove" else [])
-    if policy and action in ("remove", "review"):
-        return action, policy
-    return "keep", []
-
-
 class _RematchTables(beam.DoFn):
-    def __init__(self, spec: IndexSpec):
+    def __init__(self, spec: IndexSpec, policy: dict):
         self._spec = spec
+        self._policy = policy
         self._shared = shared.Shared()
 
     def setup(self):
         # One index per worker process, shared by its threads.
         self._index = self._shared.acquire(self._spec.build, tag=self._spec)
+        names = self._policy.get("names", ())
+        self._remove = compile_policies(self._policy.get("remove_if", ()), names, "policy.remove_if")
+        self._review = compile_policies(self._policy.get("review_if", ()), names, "policy.review_if")
         self._rows_in = Metrics.counter("audit", "rows_in")
         self._rows_out = Metrics.counter("audit", "rows_audited")
 
     def process(self, table: pa.Table):
         self._rows_in.inc(table.num_rows)
-        out = rematch_table(table, self._index)
+        out = rematch_table(table, self._index, self._remove, self._review)
         self._rows_out.inc(out.num_rows)
         yield out
 
@@ -98,9 +95,11 @@ def summary_of_table(table: pa.Table) -> dict:
     acc = fn.create_accumulator()
     acc["rows_audited"] = table.num_rows
     acc["bytes_fetched"] = int(pc.sum(table.column("bytes")).as_py() or 0)
-    for key in ("status", "action"):
-        for item in pc.value_counts(table.column(key)).to_pylist():
-            acc[key][item["values"] or "none"] += item["counts"]
+    for item in pc.value_counts(table.column("status")).to_pylist():
+        acc["status"][item["values"] or "internal_error"] += item["counts"]  # as SummaryFn counts
+    for item in pc.value_counts(table.column("action")).to_pylist():
+        if item["values"]:
+            acc["action"][item["values"]] += item["counts"]
     for key in ("labels", "caption_flags"):
         flat = pc.list_flatten(table.column(key))
         for item in pc.value_counts(flat).to_pylist():
@@ -146,12 +145,19 @@ class RematchPlan:
     spec: DatasetSpec
     index: IndexSpec
     rows_in: int  # rows of the audit being rematched, from its summary
+    policy: dict  # the audit's remove_if / review_if and the names they may use
+    warnings: list[str]
 
 
 def plan_rematch(audit_dir: str, lists: list[str], out_dir: str, inputs: list[str] | None = None,
                  **thresholds) -> RematchPlan:
-    """Where the audit, its dataset and the lists are; the dataset is taken from the
-    audit's own summary unless `inputs` names it."""
+    """Where the audit, its dataset and the lists are, and how the audit decided.
+
+    The dataset, the policies and the match thresholds are taken from the audit's own
+    summary; `inputs` and explicit thresholds (not None) override them.
+    """
+    if _same_place(audit_dir, out_dir):
+        raise ValueError("--out: must not be the audit being rematched (it is read while written)")
     previous = read_json(summary_path(audit_dir))
     dataset = previous.get("dataset") or {}
     spec = DatasetSpec(dataset.get("url_col", "URL"), dataset.get("caption_col", "TEXT"),
@@ -159,8 +165,20 @@ def plan_rematch(audit_dir: str, lists: list[str], out_dir: str, inputs: list[st
     if inputs is None:
         recorded = previous.get("inputs") or []
         inputs = recorded if recorded and all(FileSystems.exists(p) for p in recorded) else None
+    settings = {**(previous.get("takedown") or {}), **{k: v for k, v in thresholds.items() if v is not None}}
+    warnings = []
+    clip_entries = sum(1 for e in load_lists(lists) if e.kind == "clip")
+    if clip_entries:
+        warnings.append(f"{clip_entries} clip entries are not matched: an audit keeps no embeddings")
     return RematchPlan(audit_dir, list(lists), out_dir, inputs, spec,
-                       IndexSpec(paths=tuple(lists), **thresholds), int(previous["rows_audited"]))
+                       IndexSpec(paths=tuple(lists), **settings), int(previous["rows_audited"]),
+                       previous.get("policy") or {}, warnings)
+
+
+def _same_place(a: str, b: str) -> bool:
+    if "://" in a + b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def build_rematch(pipeline: beam.Pipeline, plan: RematchPlan) -> None:
@@ -168,7 +186,7 @@ def build_rematch(pipeline: beam.Pipeline, plan: RematchPlan) -> None:
         pipeline
         | "ReadAudit" >> beam.io.ReadFromParquetBatched(output_dir(plan.audit_dir, "audit/*.parquet"))
         | "Spread" >> beam.Reshuffle()
-        | "Rematch" >> beam.ParDo(_RematchTables(plan.index))
+        | "Rematch" >> beam.ParDo(_RematchTables(plan.index, plan.policy))
     )
     tables | "WriteAudit" >> beam.io.WriteToParquetBatched(
         output_dir(plan.out_dir, "audit/part"), schema=AUDIT_SCHEMA, file_name_suffix=".parquet", codec="zstd"
@@ -184,7 +202,10 @@ def build_rematch(pipeline: beam.Pipeline, plan: RematchPlan) -> None:
         )
     path, rows_in, extra = summary_path(plan.out_dir), plan.rows_in, {
         "rematch_of": plan.audit_dir, "takedown_lists": len(plan.lists), "inputs": plan.inputs,
-        "clean_written": bool(plan.inputs),
+        "clean_written": bool(plan.inputs), "warnings": plan.warnings, "policy": plan.policy,
+        "takedown": {"pdq_max_distance": plan.index.pdq_max_distance,
+                     "phash_max_distance": plan.index.phash_max_distance,
+                     "clip_min_cosine": plan.index.clip_min_cosine},
         "dataset": {"url_col": plan.spec.url_col, "caption_col": plan.spec.caption_col,
                     "id_col": plan.spec.id_col, "format": plan.spec.format},
     }
@@ -197,5 +218,5 @@ def build_rematch(pipeline: beam.Pipeline, plan: RematchPlan) -> None:
 
 
 def run_rematch(plan: RematchPlan, runner: RunnerConfig | None = None) -> dict:
-    result, wall_s = run_pipeline(runner or RunnerConfig(), lambda p: build_rematch(p, plan))
+    result, wall_s = run_pipeline(runner or RunnerConfig(), lambda p: build_rematch(p, plan), plan.out_dir)
     return finish_summary(result, plan.out_dir, wall_s)

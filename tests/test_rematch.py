@@ -1,6 +1,7 @@
 import pyarrow as pa
 
-from pipelines.rematch import redecide, rematch_table, summary_of_table
+from pipelines.rematch import rematch_table, summary_of_table
+from transforms.policy import compile_policies
 from transforms.records import AUDIT_SCHEMA, audit_row, new_record
 from transforms.takedown import TakedownEntry, TakedownIndex
 from transforms.write import SummaryFn
@@ -18,30 +19,30 @@ def _rows() -> list[dict]:
         (FAR, "review", ["policy:face"], []),
         (FAR, "remove", ["takedown:old", "policy:child and nudity"],
          [{"list_id": "old", "entry_id": "y", "kind": "md5", "distance": 0.0}]),
+        (FAR, "remove", ["takedown:old"], [{"list_id": "old", "entry_id": "z", "kind": "md5", "distance": 0.0}]),
         (None, "keep", [], []),
     ]):
         record = new_record(f"p:{i}", f"http://e.com/{i}", "c")
         record.update(status="ok" if pdq else "http_error", pdq=pdq, action=action, reasons=reasons,
-                      matches=matches, bytes=100 * i, labels=["face"] if i == 2 else [])
+                      matches=matches, bytes=100 * i,
+                      labels={2: ["face"], 3: ["child", "nudity"], 4: ["face"]}.get(i, []))
         rows.append(audit_row(record))
     return rows
 
 
-def test_redecide_keeps_policy_reasons_and_replaces_takedowns():
-    hit = [{"list_id": "new", "entry_id": "e", "kind": "pdq", "distance": 1.0}]
-    assert redecide("keep", [], hit) == ("remove", ["takedown:new"])
-    assert redecide("remove", ["takedown:old"], []) == ("keep", [])
-    assert redecide("review", ["policy:face"], hit) == ("remove", ["takedown:new"])
-    assert redecide("remove", ["takedown:old", "policy:p"], []) == ("remove", ["policy:p"])
-    assert redecide("review", ["policy:face"], []) == ("review", ["policy:face"])
-
-
-def test_rematch_table_recomputes_matches_actions_and_reasons():
+def test_rematch_table_decides_changed_rows_again_with_the_audit_policies():
     index = TakedownIndex([TakedownEntry("new", "e1", "pdq", PDQ)])
+    names = {"face", "child", "nudity"}
+    remove = compile_policies(["child and nudity"], names)
+    review = compile_policies(["face"], names)
     table = pa.Table.from_pylist(_rows(), schema=AUDIT_SCHEMA)
-    out = rematch_table(table, index).to_pylist()
-    assert [r["action"] for r in out] == ["remove", "keep", "review", "remove", "keep"]
-    assert [r["reasons"] for r in out] == [["takedown:new"], [], ["policy:face"], ["policy:child and nudity"], []]
+    out = rematch_table(table, index, remove, review).to_pylist()
+    # row 0: newly matched; 1: lost its match; 2: untouched (its policy reason stays);
+    # 3: lost its match but its remove policy still holds; 4: lost its match, review
+    # policy holds now that nothing removes it; 5: no hash, nothing to match.
+    assert [r["action"] for r in out] == ["remove", "keep", "review", "remove", "review", "keep"]
+    assert [r["reasons"] for r in out] == [["takedown:new"], [], ["policy:face"], ["policy:child and nudity"],
+                                           ["policy:face"], []]
     assert out[0]["matches"][0]["entry_id"] == "e1" and out[0]["matches"][0]["distance"] == 1.0
     assert all(r["matches"] == [] for r in out[1:])
     unchanged = ("row_id", "url", "pdq", "status", "bytes", "labels")
