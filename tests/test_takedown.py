@@ -429,3 +429,24 @@ def test_match_takedown_with_static_paths(tmp_path):
                {"row_id": "2", "url": "http://example.com/b", "matches": []}]
     out = sorted(run_transform(MatchTakedown([path]), records), key=lambda r: r["row_id"])
     assert [[m["entry_id"] for m in r["matches"]] for r in out] == [["u"], []]
+
+
+def test_list_globs_are_expanded(tmp_path):
+    for n in range(2):
+        (tmp_path / f"part-{n}.csv").write_text(
+            f"list_id,entry_id,kind,value\nl{n},e1,md5,{'0123456789abcdef' * 2}\n")
+    entries = load_lists([str(tmp_path / "part-*.csv")])
+    assert sorted(e.list_id for e in entries) == ["l0", "l1"]
+    with pytest.raises(TakedownListError, match="no list file matches"):
+        load_lists([str(tmp_path / "none-*.csv")])
+
+
+def test_low_quality_pdq_takes_no_part_in_matching():
+    flat = "0" * 64
+    index = TakedownIndex([
+        TakedownEntry("req", "flat", "pdq", flat, quality=10),
+        TakedownEntry("req", "good", "pdq", "f" * 64, quality=90),
+    ])
+    columns = {"pdq": [flat, "f" * 64, "f" * 64], "pdq_quality": [100, 100, 20]}
+    hits = index.match_columns(columns)
+    assert [[m["entry_id"] for m in row] for row in hits] == [[], ["good"], []]

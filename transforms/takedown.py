@@ -7,7 +7,10 @@ list_id is the file's stem, entry_id the line number). Kinds and value formats a
 of ``transforms.signals``. ``load_list`` validates a whole file and raises
 ``TakedownListError`` naming file, line (row for parquet) and entry id for the first bad
 entry, so nothing is ever half-loaded; messages give a value's length, never the value.
-PDQ entries with ``quality`` below 50 are kept and flagged (``TakedownEntry.low_quality``).
+PDQ entries with ``quality`` below 50 are kept and flagged (``TakedownEntry.low_quality``),
+but neither they nor rows whose own ``pdq_quality`` is below 50 take part in PDQ matching:
+flat images share a few PDQ patterns, so such a hash would match unrelated blank images
+(python-threatexchange drops them too). Their exact hashes and pHash still match.
 
 ``TakedownIndex`` answers, for a batch of rows, which entries each row matches:
 
@@ -399,11 +402,26 @@ def load_list(path: str, list_format: str | None = None) -> list[TakedownEntry]:
     return entries
 
 
+def expand_list_paths(paths: Iterable[str]) -> list[str]:
+    """List paths with globs (``gs://bucket/takedown/*.parquet``) expanded, sorted."""
+    expanded: list[str] = []
+    for path in paths:
+        if not any(c in path for c in "*?["):
+            expanded.append(path)
+            continue
+        found = sorted(m.path for m in FileSystems.match([path])[0].metadata_list)
+        if not found:
+            raise TakedownListError(f"{path}: no list file matches")
+        expanded.extend(found)
+    return expanded
+
+
 def load_lists(paths: Iterable[str], list_format: str | None = None) -> list[TakedownEntry]:
-    """The entries of several list files; the same (list_id, entry_id) twice is an error."""
+    """The entries of several list files (globs expanded); the same (list_id, entry_id)
+    twice is an error."""
     entries: list[TakedownEntry] = []
     origin: dict[tuple[str, str], str] = {}
-    for path in paths:
+    for path in expand_list_paths(paths):
         loaded = load_list(path, list_format)
         for entry in loaded:
             key = (entry.list_id, entry.entry_id)
@@ -692,6 +710,8 @@ class TakedownIndex:
                 raise ValueError(f"duplicate entry {entry.entry_id!r} in list {entry.list_id!r}")
             seen.add(key)
             signals.signal_type(entry.kind)  # unknown kinds fail here, by name
+            if entry.kind == "pdq" and entry.low_quality:
+                continue  # too flat to match safely (see the module docstring)
             by_kind.setdefault(entry.kind, []).append(i)
         del seen
 
@@ -787,6 +807,8 @@ class TakedownIndex:
             needed.append("url_sha256")
         if "url_sha256" in self.kinds:
             needed.append("url")
+        if "pdq" in self.kinds:
+            needed.append("pdq_quality")
         return tuple(dict.fromkeys(needed))
 
     @classmethod
@@ -861,6 +883,10 @@ class TakedownIndex:
         column = data.get(RECORD_COLUMNS[kind])
         if column is None:
             return
+        quality = data.get("pdq_quality") if kind == "pdq" else None
+        if quality is not None:
+            # A flat image's PDQ matches other flat images: such rows take no part.
+            column = [None if q is not None and q < signals.PDQ_MIN_QUALITY else v for v, q in zip(column, quality)]
         index, entry_idx, thresholds = self._hamming[kind]
         nbytes = signals.SIGNAL_TYPES[kind].digits // 2
         positions, codes = _hex_codes(column, nbytes)
