@@ -502,11 +502,6 @@ def mark_embedding_failed(record: dict, error_class: str) -> dict:
     return out
 
 
-def embedding_row(record: dict) -> dict:
-    """A row of the optional ``embeddings/`` output: row_id and the vector as float16."""
-    vector = np.asarray(record["_embedding"], dtype=np.float16)
-    return {"row_id": record["row_id"], "embedding": vector.tolist()}
-
 
 def _error_class(exc_info: Any) -> str:
     exc_type = exc_info[0] if isinstance(exc_info, tuple) and exc_info else exc_info
@@ -891,7 +886,6 @@ __all__ = [
     "attach_embedding",
     "attach_precomputed",
     "check_shard",
-    "embedding_row",
     "encode_texts",
     "load_clip",
     "local_checkpoint",

@@ -152,6 +152,14 @@ def removal_rows(record: dict) -> list[dict]:
     return rows
 
 
+def embedding_row(record: dict) -> dict:
+    """A row of embeddings/: the row id and the vector as float16 (numpy, which Arrow
+    converts to halffloat directly)."""
+    import numpy as np
+
+    return {"row_id": record["row_id"], "embedding": np.asarray(record["_embedding"], dtype=np.float16)}
+
+
 def review_row(record: dict) -> dict:
     row = {name: record.get(name) for name in REVIEW_SCHEMA.names}
     if isinstance(row["scores"], dict):
