@@ -1,10 +1,14 @@
+import codecs
+import gzip
 import json
+import posixpath
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.conftest import laion_table
-from transforms.clean import clean_file, drop_by_row_id, drop_by_url_sha256
-from transforms.read import DatasetSpec
+from transforms.clean import _CleanFiles, clean_file, drop_by_row_id, drop_by_url_sha256
+from transforms.read import DatasetError, DatasetSpec, ReadUnit, format_of, read_unit_columns, records_of_block
 from transforms.signals import url_sha256_of
 
 
@@ -55,3 +59,112 @@ def test_csv_and_jsonl_keep_their_text(tmp_path):
     assert clean_file(str(jsonl_src), "rows.jsonl", str(jsonl_out), DatasetSpec(),
                       drop_by_row_id({"rows.jsonl:0"})) == (1, 1)
     assert jsonl_out.read_text() == lines[1] + "\n"
+
+
+def _read_ids_by_url(path, spec=DatasetSpec()) -> dict:
+    """Row ids as the read stage gives them, by URL."""
+    unit = ReadUnit(path, posixpath.basename(path), format_of(path, spec.format))
+    return {r["url"]: r["row_id"] for position, block in read_unit_columns(unit, spec)
+            for r in records_of_block(unit, position, block, spec)}
+
+
+@pytest.mark.parametrize("fmt, sep", [("csv", ","), ("tsv", "\t")])
+def test_rows_longer_or_shorter_than_the_header_are_copied_as_read(tmp_path, fmt, sep):
+    src = tmp_path / f"rows.{fmt}"
+    src.write_text(f"URL{sep}TEXT\nhttp://e.com/1{sep}a{sep}extra\n\nhttp://e.com/2\n"
+                   f"http://e.com/3{sep}c{sep}x{sep}y\nhttp://e.com/4{sep}d\n")
+    removed = _read_ids_by_url(str(src))["http://e.com/3"]
+    out = tmp_path / f"out.{fmt}"
+    assert clean_file(str(src), src.name, str(out), DatasetSpec(), drop_by_row_id({removed})) == (3, 1)
+    assert out.read_text() == (f"URL{sep}TEXT\nhttp://e.com/1{sep}a{sep}extra\nhttp://e.com/2\n"
+                               f"http://e.com/4{sep}d\n")
+
+
+@pytest.mark.parametrize("name, lines", [
+    ("rows.csv", ["URL,TEXT\n", "http://e.com/1,a\n", "http://e.com/2,b\n"]),
+    ("rows.jsonl", [json.dumps({"URL": "http://e.com/1"}) + "\n", json.dumps({"URL": "http://e.com/2"}) + "\n"]),
+])
+def test_a_byte_order_mark_does_not_hide_the_url_column(tmp_path, name, lines):
+    src = tmp_path / name
+    src.write_bytes(codecs.BOM_UTF8 + "".join(lines).encode())
+    out = tmp_path / f"out-{name}"
+    removed = {url_sha256_of("http://e.com/2")}
+    assert clean_file(str(src), name, str(out), DatasetSpec(), drop_by_url_sha256(removed)) == (1, 1)
+    assert out.read_text() == "".join(lines[:-1])
+
+
+def test_gzipped_text_inputs_clean_to_gzipped_outputs(tmp_path):
+    csv_body = 'URL,TEXT\nhttp://e.com/1,"two\nlines"\nhttp://e.com/2,caf\u00e9\nhttp://e.com/3,c\n'
+    lines = [json.dumps({"URL": f"http://e.com/{i}", "TEXT": "caf\u00e9 \u2028"}, ensure_ascii=False) + "\n"
+             for i in (1, 2, 3)]
+    for name, body, expected in [
+        ("rows.csv.gz", csv_body, 'URL,TEXT\nhttp://e.com/1,"two\nlines"\nhttp://e.com/3,c\n'),
+        ("rows.jsonl.gz", "".join(lines), lines[0] + lines[2]),
+    ]:
+        src = tmp_path / name
+        src.write_bytes(gzip.compress(body.encode()))
+        removed = {_read_ids_by_url(str(src))["http://e.com/2"]}
+        out = tmp_path / "out" / name
+        assert clean_file(str(src), name, str(out), DatasetSpec(), drop_by_row_id(removed)) == (2, 1)
+        assert gzip.decompress(out.read_bytes()).decode() == expected
+
+
+def test_clean_reads_jsonl_as_the_read_stage_does(tmp_path):
+    src = tmp_path / "rows.jsonl"
+    src.write_text(json.dumps({"url": "http://e.com/1"}) + "\n")
+    with pytest.raises(DatasetError, match=r"dataset.url_col: column 'URL' not in .*rows.jsonl \(keys seen: url\)"):
+        clean_file(str(src), "rows.jsonl", str(tmp_path / "out.jsonl"), DatasetSpec(), drop_by_row_id(set()))
+    src.write_text(json.dumps({"URL": "http://e.com/1"}) + "\n{not json\n")
+    with pytest.raises(DatasetError, match=r"rows.jsonl:2: not a JSON object"):
+        clean_file(str(src), "rows.jsonl", str(tmp_path / "out.jsonl"), DatasetSpec(), drop_by_row_id(set()))
+
+
+@pytest.mark.parametrize("name", ["empty.csv", "empty.tsv"])
+def test_an_empty_text_file_cleans_to_an_empty_file(tmp_path, name):
+    src = tmp_path / name
+    src.write_bytes(b"")
+    out = tmp_path / f"out-{name}"
+    assert clean_file(str(src), name, str(out), DatasetSpec(), drop_by_row_id({f"{name}:0"})) == (0, 0)
+    assert out.read_bytes() == b""
+
+
+def test_a_wrong_column_is_named_not_skipped(tmp_path):
+    csv_src = tmp_path / "rows.csv"
+    csv_src.write_text("url,TEXT\nhttp://e.com/1,a\n")
+    with pytest.raises(DatasetError, match=r"dataset.url_col: column 'URL' not in .*rows.csv"):
+        clean_file(str(csv_src), "rows.csv", str(tmp_path / "out.csv"), DatasetSpec(), drop_by_row_id(set()))
+    parquet_src = tmp_path / "p.parquet"
+    pq.write_table(laion_table(["http://e.com/a"]), parquet_src)
+    with pytest.raises(DatasetError, match=r"dataset.id_col: column 'key' not in .*p.parquet"):
+        clean_file(str(parquet_src), "p.parquet", str(tmp_path / "c.parquet"), DatasetSpec(id_col="key"),
+                   drop_by_row_id(set()))
+
+
+class _CountedList(list):
+    """A side-input list that counts how often it is read."""
+
+    def __init__(self, values):
+        super().__init__(values)
+        self.reads = 0
+
+    def __iter__(self):
+        self.reads += 1
+        return super().__iter__()
+
+
+def test_clean_files_reads_the_removed_keys_once_per_side_input(tmp_path):
+    srcs = []
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / name).write_text("URL,TEXT\nhttp://e.com/1,a\nhttp://e.com/2,b\n")
+        srcs.append(str(tmp_path / name))
+    out_dir = tmp_path / "not" / "yet" / "there"
+    clean = _CleanFiles(DatasetSpec(), {s: posixpath.basename(s) for s in srcs}, str(out_dir), "row_id")
+    removed = _CountedList(["a.csv:0", "b.csv:1"])
+    results = [r for src in srcs for r in clean.process(src, removed)]
+    assert [(r["kept"], r["dropped"]) for r in results] == [(1, 1), (1, 1)]
+    assert removed.reads == 1
+    assert (out_dir / "a.csv").read_text() == "URL,TEXT\nhttp://e.com/2,b\n"
+    # A new side input (the next window or bundle) is read again, not served from the old one.
+    fresh = _CountedList(["a.csv:1"])
+    assert [(r["kept"], r["dropped"]) for r in clean.process(srcs[0], fresh)] == [(1, 1)]
+    assert fresh.reads == 1 and (out_dir / "a.csv").read_text() == "URL,TEXT\nhttp://e.com/1,a\n"

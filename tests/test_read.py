@@ -1,4 +1,7 @@
+import codecs
+import gzip
 import json
+import posixpath
 
 import pyarrow.parquet as pq
 import pytest
@@ -9,6 +12,8 @@ from transforms.read import (
     DatasetSpec,
     ReadDataset,
     ReadUnit,
+    check_dataset,
+    format_of,
     plan_units,
     read_unit_columns,
     records_of_block,
@@ -95,3 +100,116 @@ def test_empty_parquet_file_reads_zero_rows(tmp_path):
     path = tmp_path / "empty.parquet"
     pq.write_table(laion_table([]), path)
     assert _records([str(path)]) == []
+
+
+def _unit_records(path: str, spec: DatasetSpec = DatasetSpec()) -> list[dict]:
+    """The records one text file reads to, without a runner (its errors surface as raised)."""
+    unit = ReadUnit(path, posixpath.basename(path), format_of(path, spec.format))
+    return [record for position, block in read_unit_columns(unit, spec)
+            for record in records_of_block(unit, position, block, spec)]
+
+
+@pytest.mark.parametrize("fmt, sep", [("csv", ","), ("tsv", "\t")])
+def test_rows_longer_or_shorter_than_the_header_are_one_row_each(tmp_path, fmt, sep):
+    path = tmp_path / f"rows.{fmt}"
+    path.write_text(f"TEXT{sep}URL\nlong{sep}http://e.com/1{sep}extra{sep}more\n\nshort\n"
+                    f"ok{sep}http://e.com/3\n")
+    records = _unit_records(str(path))
+    assert [r["row_id"] for r in records] == [f"rows.{fmt}:{i}" for i in range(3)]
+    assert [r["url"] for r in records] == ["http://e.com/1", None, "http://e.com/3"]
+    assert [r["caption"] for r in records] == ["long", "short", "ok"]
+    assert records[1]["status"] == "invalid_url"
+
+
+@pytest.mark.parametrize("name, body", [
+    ("rows.csv", "URL,TEXT\nhttp://e.com/1,a cat\n"),
+    ("rows.tsv", "URL\tTEXT\nhttp://e.com/1\ta cat\n"),
+    ("rows.jsonl", json.dumps({"URL": "http://e.com/1", "TEXT": "a cat"}) + "\n"),
+])
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_bytes(codecs.BOM_UTF8 + body.encode())
+    records = _unit_records(str(path))
+    assert [(r["url"], r["caption"]) for r in records] == [("http://e.com/1", "a cat")]
+
+
+def test_gzipped_text_inputs_read_like_plain_ones(tmp_path):
+    csv_path, jsonl_path = tmp_path / "rows.csv.gz", tmp_path / "rows.jsonl.gz"
+    csv_path.write_bytes(gzip.compress('URL,TEXT\nhttp://e.com/1,"two\nlines"\nhttp://e.com/2,b\n'.encode()))
+    rows = [{"URL": "http://e.com/1", "TEXT": "caf\u00e9 \u2028 x"}, {"URL": "http://e.com/2", "TEXT": "b"}]
+    jsonl_path.write_bytes(gzip.compress("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()))
+    csv_records = _unit_records(str(csv_path))
+    assert [(r["row_id"], r["url"], r["caption"]) for r in csv_records] == [
+        ("rows.csv.gz:0", "http://e.com/1", "two\nlines"), ("rows.csv.gz:1", "http://e.com/2", "b")]
+    jsonl_records = _unit_records(str(jsonl_path))
+    assert [(r["url"], r["caption"]) for r in jsonl_records] == [(r["URL"], r["TEXT"]) for r in rows]
+
+
+def test_jsonl_without_the_url_column_in_any_object_row_is_an_error(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"url": "http://e.com/1", "caption": "a"}) + "\n" + json.dumps("x") + "\n")
+    with pytest.raises(DatasetError, match=r"dataset.url_col: column 'URL' not in .*rows.jsonl \(keys seen: url, caption\)"):
+        _unit_records(str(path))
+    # One object row with the column is enough: other rows may leave it out.
+    path.write_text(json.dumps({"url": "http://e.com/1"}) + "\n" + json.dumps({"URL": "http://e.com/2"}) + "\n")
+    assert [r["status"] for r in _unit_records(str(path))] == ["invalid_url", None]
+
+
+def test_jsonl_of_no_objects_reads_rows_without_urls(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('"a"\n[1]\n')
+    assert [r["status"] for r in _unit_records(str(path))] == ["invalid_url", "invalid_url"]
+
+
+@pytest.mark.parametrize("name", ["empty.csv", "empty.tsv", "empty.csv.gz"])
+def test_an_empty_text_file_reads_zero_rows(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(b"") if name.endswith(".gz") else b"")
+    assert _unit_records(str(path)) == []
+
+
+def test_a_bad_jsonl_line_names_the_file_and_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"URL": "http://e.com/1"}) + "\n\n{not json\n")
+    with pytest.raises(DatasetError, match=r"rows.jsonl:3: not a JSON object"):
+        _unit_records(str(path))
+
+
+def test_check_dataset_accepts_a_readable_dataset(tmp_path, write_parquet):
+    parquet = write_parquet(["http://e.com/a"])
+    (tmp_path / "a.csv").write_text("SAMPLE_ID,URL,TEXT\n1,http://e.com/1,a\n")
+    (tmp_path / "b.csv").write_text("whatever\n")  # only the first file of a format is opened
+    (tmp_path / "a.jsonl").write_text(json.dumps({"URL": "u", "SAMPLE_ID": 1}) + "\n"
+                                      + json.dumps({"TEXT": "t"}) + "\n")
+    paths = [parquet] + [str(tmp_path / n) for n in ("a.csv", "b.csv", "a.jsonl")]
+    check_dataset(paths, DatasetSpec(id_col="SAMPLE_ID"))
+
+
+@pytest.mark.parametrize("csv_header, spec, message", [
+    ("URL,TEXT", DatasetSpec(url_col="url"),
+     r"dataset.url_col: column 'url' not in .*part-00000.parquet \(columns: SAMPLE_ID, URL, TEXT"),
+    ("URL,SAMPLE_ID", DatasetSpec(),
+     r"dataset.caption_col: column 'TEXT' not in .*a.csv \(columns: URL, SAMPLE_ID\)"),
+    ("URL,TEXT,SAMPLE_ID", DatasetSpec(id_col="SAMPLE_ID"),
+     r"dataset.id_col: column 'SAMPLE_ID' not in .*a.jsonl \(keys seen: URL, TEXT\)"),
+])
+def test_check_dataset_names_a_missing_column(tmp_path, write_parquet, csv_header, spec, message):
+    (tmp_path / "a.csv").write_text(csv_header + "\n")
+    (tmp_path / "a.jsonl").write_text(json.dumps({"URL": "u"}) + "\n" + json.dumps({"TEXT": "t"}) + "\n")
+    paths = [write_parquet(["http://e.com/a"])] + [str(tmp_path / n) for n in ("a.csv", "a.jsonl")]
+    with pytest.raises(DatasetError, match=message):
+        check_dataset(paths, spec)
+
+
+def test_check_dataset_needs_a_format_for_every_file(tmp_path):
+    (tmp_path / "a.csv").write_text("URL,TEXT\n")
+    with pytest.raises(DatasetError, match=r"dataset.format: cannot tell the format of '.*notes.txt'"):
+        check_dataset([str(tmp_path / "a.csv"), str(tmp_path / "notes.txt")], DatasetSpec())
+
+
+def test_check_dataset_looks_past_empty_files_to_the_first_with_a_header(tmp_path):
+    (tmp_path / "a.csv").write_bytes(b"")
+    (tmp_path / "b.csv").write_text("url,TEXT\n")
+    paths = [str(tmp_path / n) for n in ("a.csv", "b.csv")]
+    with pytest.raises(DatasetError, match=r"dataset.url_col: column 'URL' not in .*b.csv"):
+        check_dataset(paths, DatasetSpec())

@@ -7,11 +7,8 @@ Rows are dropped either by audit row id (the audit's own `clean/`) or by `url_sh
 """
 from __future__ import annotations
 
+import codecs
 import csv
-import io
-import json
-import os
-import posixpath
 from typing import Callable, Iterable
 
 import apache_beam as beam
@@ -21,7 +18,16 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.read import DatasetSpec, format_of
+from transforms.read import (
+    DatasetSpec,
+    csv_rows,
+    field_at,
+    format_of,
+    header_columns,
+    jsonl_rows,
+    open_text,
+    projected_columns,
+)
 from transforms.signals import url_sha256_of
 from transforms.write import output_dir
 
@@ -64,6 +70,7 @@ def _clean_parquet(path, source, out_path, spec, drop) -> tuple[int, int]:
     with FileSystems.open(path) as handle:
         parquet = pq.ParquetFile(handle)
         schema = parquet.schema_arrow
+        projected_columns(schema.names, spec, path)
         with FileSystems.create(out_path) as sink, pq.ParquetWriter(sink, schema) as writer:
             for batch in parquet.iter_batches(batch_size=spec.read_batch_rows):
                 urls = batch.column(spec.url_col).to_pylist()
@@ -79,40 +86,38 @@ def _clean_parquet(path, source, out_path, spec, drop) -> tuple[int, int]:
 
 
 def _clean_text(path, source, out_path, spec, drop, fmt) -> tuple[int, int]:
-    """CSV/TSV rows are rewritten with the same header; JSONL lines are copied verbatim."""
+    """CSV/TSV rows are rewritten field for field as read (same header, rows longer or
+    shorter than it left so); JSONL lines are copied verbatim. Rows are read and counted
+    by the read stage's own helpers, so row positions agree. Output is UTF-8 without a
+    byte order mark, gzip when `out_path` ends in .gz."""
     kept = dropped = 0
     with FileSystems.open(path) as handle, FileSystems.create(out_path) as sink:
-        text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
-        out = io.TextIOWrapper(sink, encoding="utf-8", newline="")
+        text = open_text(handle)
+        out = codecs.getwriter("utf-8")(sink)
         if fmt in ("csv", "tsv"):
-            delimiter = "," if fmt == "csv" else "\t"
-            reader = csv.DictReader(text, delimiter=delimiter)
-            writer = csv.DictWriter(out, fieldnames=reader.fieldnames or [], delimiter=delimiter,
-                                    lineterminator="\n")
-            writer.writeheader()
-            for position, row in enumerate(reader):
-                key = [row.get(spec.id_col)] if spec.id_col else None
-                if drop(_row_ids(source, position, 1, key), [row.get(spec.url_col)])[0]:
+            rows = csv_rows(text, fmt)
+            header = next(rows, None)
+            if header is None:  # an empty file cleans to an empty file
+                return 0, 0
+            places = header_columns(header, spec, path)
+            url_at, key_at = places[spec.url_col], places.get(spec.id_col)
+            writer = csv.writer(out, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+            writer.writerow(header)
+            for position, row in enumerate(rows):
+                key = [field_at(row, key_at)] if spec.id_col else None
+                if drop(_row_ids(source, position, 1, key), [field_at(row, url_at)])[0]:
                     dropped += 1
                 else:
                     writer.writerow(row)
                     kept += 1
         else:
-            position = 0
-            for line in text:
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                row = row if isinstance(row, dict) else {}
+            for position, (line, row) in enumerate(jsonl_rows(text, path, spec.url_col)):
                 key = [row.get(spec.id_col)] if spec.id_col else None
                 if drop(_row_ids(source, position, 1, key), [row.get(spec.url_col)])[0]:
                     dropped += 1
                 else:
                     out.write(line if line.endswith("\n") else line + "\n")
                     kept += 1
-                position += 1
-        out.flush()
-        out.detach()
     return kept, dropped
 
 
@@ -121,15 +126,18 @@ class _CleanFiles(beam.DoFn):
         self._spec, self._sources, self._out_dir, self._by = spec, sources, out_dir, by
         self._kept = Metrics.counter("clean", "rows_kept")
         self._dropped = Metrics.counter("clean", "rows_dropped")
+        # The removed keys as a set, built once per side-input object rather than per file.
+        self._removed_source: Iterable[str] | None = None
+        self._rule: DropRule | None = None
 
     def process(self, path: str, removed: Iterable[str]):
-        removed = set(removed)
-        rule = drop_by_row_id(removed) if self._by == "row_id" else drop_by_url_sha256(removed)
+        if removed is not self._removed_source:
+            keys = set(removed)
+            self._rule = drop_by_row_id(keys) if self._by == "row_id" else drop_by_url_sha256(keys)
+            self._removed_source = removed
         source = self._sources[path]
-        out_path = output_dir(self._out_dir, source)
-        if "://" not in out_path:  # local sinks need their folders; object stores don't
-            os.makedirs(posixpath.dirname(out_path), exist_ok=True)
-        kept, dropped = clean_file(path, source, out_path, self._spec, rule)
+        out_path = output_dir(self._out_dir, source)  # FileSystems.create makes local folders
+        kept, dropped = clean_file(path, source, out_path, self._spec, self._rule)
         self._kept.inc(kept)
         self._dropped.inc(dropped)
         yield {"file": out_path, "kept": kept, "dropped": dropped}

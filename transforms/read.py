@@ -2,8 +2,10 @@
 
 Parquet is read in Arrow batches with column projection; a file is split into read units
 (row-group ranges) so a few thousand large LAION shards spread over many workers. CSV/TSV
-and JSONL are read one file per unit. Row ids are stable across reruns: the dataset's own
-id column when configured, else ``<source>:<row position>``.
+and JSONL are read one file per unit (UTF-8, a leading byte order mark ignored, `.gz`
+decompressed). Row ids are stable across reruns: the dataset's own id column when
+configured, else ``<source>:<row position>``. The clean stage reads text files through
+the same helpers here, so both count the same rows.
 """
 from __future__ import annotations
 
@@ -12,10 +14,9 @@ import io
 import json
 import posixpath
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator, TextIO
 
 import apache_beam as beam
-import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -86,7 +87,7 @@ def source_names(paths: list[str]) -> dict[str, str]:
     names = {path: posixpath.basename(path) for path in paths}
     if len(set(names.values())) == len(paths):
         return names
-    common = posixpath.commonpath(paths) if len(paths) > 1 else posixpath.dirname(paths[0])
+    common = posixpath.commonpath(paths)  # only reached with two or more paths
     return {path: posixpath.relpath(path, common) for path in paths}
 
 
@@ -108,17 +109,91 @@ def plan_units(path: str, source: str, fmt: str, batch_rows: int) -> list[ReadUn
     return units
 
 
-def _projection(available: list[str], spec: DatasetSpec, path: str) -> list[str]:
-    if spec.url_col not in available:
-        raise DatasetError(
-            f"dataset.url_col: column '{spec.url_col}' not in {path} (columns: {', '.join(available)})"
-        )
-    wanted = [spec.url_col, spec.caption_col, spec.id_col]
-    for col in (spec.caption_col, spec.id_col):
+def _wanted_columns(spec: DatasetSpec) -> list[str]:
+    return [c for c in dict.fromkeys([spec.url_col, spec.caption_col, spec.id_col]) if c]
+
+
+def _missing_column(key: str, col: str, path: str, available: Iterable[str], seen: str) -> DatasetError:
+    return DatasetError(f"{key}: column '{col}' not in {path} ({seen}: {', '.join(available)})")
+
+
+def projected_columns(available: list[str], spec: DatasetSpec, path: str, seen: str = "columns") -> list[str]:
+    """The URL, caption and id columns, each checked to be among `available`."""
+    for key, col in (("dataset.url_col", spec.url_col), ("dataset.caption_col", spec.caption_col),
+                     ("dataset.id_col", spec.id_col)):
         if col and col not in available:
-            key = "dataset.caption_col" if col == spec.caption_col else "dataset.id_col"
-            raise DatasetError(f"{key}: column '{col}' not in {path} (columns: {', '.join(available)})")
-    return [c for c in dict.fromkeys(wanted) if c]
+            raise _missing_column(key, col, path, available, seen)
+    return _wanted_columns(spec)
+
+
+class _ReadableHandle(io.RawIOBase):
+    """A `read(n)`-only file object (Beam's gzip CompressedFile) as a raw stream that
+    io.TextIOWrapper accepts."""
+
+    def __init__(self, handle: BinaryIO):
+        super().__init__()
+        self._handle = handle
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._handle.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def open_text(handle: BinaryIO) -> TextIO:
+    """The text of a FileSystems.open handle: UTF-8 with any byte order mark dropped, line
+    endings untranslated (as csv needs). Lines end only at \\n, \\r or \\r\\n — not at the
+    other Unicode line breaks captions may hold, which codecs' readers would split on."""
+    buffered = io.BufferedReader(_ReadableHandle(handle), buffer_size=1 << 20)
+    return io.TextIOWrapper(buffered, encoding="utf-8-sig", newline="")
+
+
+def csv_rows(text: TextIO, fmt: str) -> Iterator[list[str]]:
+    """The rows of a CSV/TSV text as read, header first. Blank lines are not rows."""
+    return (row for row in csv.reader(text, delimiter="," if fmt == "csv" else "\t") if row)
+
+
+def header_columns(header: list[str], spec: DatasetSpec, path: str) -> dict[str, int]:
+    """Where each projected column sits in a CSV/TSV row (its first place in the header)."""
+    return {col: header.index(col) for col in projected_columns(header, spec, path)}
+
+
+def field_at(row: list[str], index: int | None) -> str | None:
+    """A row's field by header position; a row shorter than the header lacks it."""
+    return row[index] if index is not None and index < len(row) else None
+
+
+def _jsonl_value(line: str, path: str, line_no: int):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}:{line_no}: not a JSON object ({err.msg})") from None
+
+
+def jsonl_rows(text: TextIO, path: str, url_col: str) -> Iterator[tuple[str, dict]]:
+    """(line, row) for each non-blank JSONL line; a line that is JSON but not an object is
+    a row with no fields. Raises DatasetError on a line that is not JSON, and after the
+    last line when object rows exist but none has `url_col` (a misnamed column)."""
+    objects = url_seen = False
+    keys_seen: dict[str, None] = {}
+    for line_no, line in enumerate(text, start=1):
+        if not line.strip():
+            continue
+        row = _jsonl_value(line, path, line_no)
+        if isinstance(row, dict):
+            objects = True
+            if not url_seen:
+                url_seen = url_col in row
+                if len(keys_seen) < 20:  # enough to spot the right name, bounded however wide rows are
+                    keys_seen.update(dict.fromkeys(row))
+            yield line, row
+        else:
+            yield line, {}
+    if objects and not url_seen:
+        raise _missing_column("dataset.url_col", url_col, path, keys_seen, "keys seen")
 
 
 def read_unit_columns(unit: ReadUnit, spec: DatasetSpec) -> Iterator[tuple[int, dict[str, list]]]:
@@ -126,7 +201,7 @@ def read_unit_columns(unit: ReadUnit, spec: DatasetSpec) -> Iterator[tuple[int, 
     if unit.format == "parquet":
         with FileSystems.open(unit.path) as handle:
             parquet = pq.ParquetFile(handle)
-            columns = _projection(parquet.schema_arrow.names, spec, unit.path)
+            columns = projected_columns(parquet.schema_arrow.names, spec, unit.path)
             position = unit.start
             if not unit.row_groups:
                 return
@@ -136,14 +211,10 @@ def read_unit_columns(unit: ReadUnit, spec: DatasetSpec) -> Iterator[tuple[int, 
                 yield position, batch.to_pydict()
                 position += batch.num_rows
         return
-    rows = _read_text_rows(unit, spec)
+    columns = _wanted_columns(spec)
     position = 0
     block: list[dict] = []
-    columns: list[str] | None = None
-    for row in rows:
-        if columns is None:
-            columns = [spec.url_col, spec.caption_col, spec.id_col]
-            columns = [c for c in dict.fromkeys(columns) if c]
+    for row in _read_text_rows(unit, spec):
         block.append(row)
         if len(block) >= spec.read_batch_rows:
             yield position, {c: [r.get(c) for r in block] for c in columns}
@@ -155,21 +226,60 @@ def read_unit_columns(unit: ReadUnit, spec: DatasetSpec) -> Iterator[tuple[int, 
 
 def _read_text_rows(unit: ReadUnit, spec: DatasetSpec) -> Iterator[dict]:
     with FileSystems.open(unit.path) as handle:
-        text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+        text = open_text(handle)
         if unit.format in ("csv", "tsv"):
-            reader = csv.DictReader(text, delimiter="," if unit.format == "csv" else "\t")
-            _projection(list(reader.fieldnames or []), spec, unit.path)
-            yield from reader
+            rows = csv_rows(text, unit.format)
+            header = next(rows, None)
+            if header is None:  # an empty file: no header, no rows
+                return
+            places = header_columns(header, spec, unit.path)
+            # Fields past the header's length are kept by clean but have no column here.
+            for row in rows:
+                yield {col: field_at(row, index) for col, index in places.items()}
             return
+        for _, row in jsonl_rows(text, unit.path, spec.url_col):
+            yield row
+
+
+def _available_columns(path: str, fmt: str) -> tuple[list[str], str] | None:
+    """The column names a file offers and what to call them in errors; None when it has
+    none to check (an empty text file, a JSONL without object rows)."""
+    with FileSystems.open(path) as handle:
+        if fmt == "parquet":
+            return pq.ParquetFile(handle).schema_arrow.names, "columns"
+        text = open_text(handle)
+        if fmt in ("csv", "tsv"):
+            header = next(csv_rows(text, fmt), None)
+            return (header, "columns") if header is not None else None
+        keys: dict[str, None] = {}
+        objects = 0
         for line_no, line in enumerate(text, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetError(f"{unit.path}:{line_no}: not a JSON object ({err.msg})") from None
-            # A line that is valid JSON but not an object is still a row: it has no URL.
-            yield row if isinstance(row, dict) else {}
+            if objects >= 100:
+                break
+            if line.strip():
+                row = _jsonl_value(line, path, line_no)
+                if isinstance(row, dict):
+                    objects += 1
+                    keys.update(dict.fromkeys(row))
+        return (list(keys), "keys seen") if objects else None
+
+
+def check_dataset(paths: list[str], spec: DatasetSpec) -> None:
+    """Launch-time check, before any worker starts: every file has a known format, and
+    the first file of each format with names to check holds the URL, caption and id
+    columns (parquet: its schema; CSV/TSV: its header; JSONL: the keys of its first 100
+    object rows). Empty files are passed over for the next file of their format.
+
+    Raises DatasetError naming the config key at fault."""
+    formats = {path: format_of(path, spec.format) for path in paths}
+    checked: set[str] = set()
+    for path, fmt in formats.items():
+        if fmt in checked:
+            continue
+        available = _available_columns(path, fmt)
+        if available is not None:
+            projected_columns(available[0], spec, path, seen=available[1])
+            checked.add(fmt)
 
 
 def records_of_block(unit: ReadUnit, position: int, block: dict[str, list], spec: DatasetSpec) -> Iterator[dict]:
@@ -234,10 +344,3 @@ class ReadDataset(beam.PTransform):
             | "ReadRows" >> beam.ParDo(_ReadUnitRecords(self._spec))
         )
 
-
-def input_schema(path: str, fmt: str) -> pa.Schema | None:
-    """The Arrow schema of a parquet input (None for text formats)."""
-    if fmt != "parquet":
-        return None
-    with FileSystems.open(path) as handle:
-        return pq.ParquetFile(handle).schema_arrow
