@@ -14,7 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.audit import counter, run_pipeline
 from pipelines.config import RunnerConfig
 from transforms.clean import WriteCleanDataset
-from transforms.read import DatasetSpec, match_inputs, source_names
+from transforms.read import DatasetSpec, check_dataset, match_inputs, source_names
 
 
 def run_apply(published_dir: str, inputs: list[str], out_dir: str, spec: DatasetSpec,
@@ -25,6 +25,7 @@ def run_apply(published_dir: str, inputs: list[str], out_dir: str, spec: Dataset
         if not FileSystems.match([published])[0].metadata_list:
             raise ValueError(f"--removals: no published list (*.parquet) in '{published_dir}'")
         paths = match_inputs(inputs)
+        check_dataset([p for p in paths if "://" not in p], spec)
         build.files = len(paths)
         # Read on the workers: a published list can hold millions of hashes.
         keys = (

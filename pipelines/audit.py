@@ -26,7 +26,7 @@ from transforms.clean import WriteCleanDataset
 from transforms.fetch import Fetch, FetchSettings
 from transforms.hashing import HashImages
 from transforms.policy import DecideAction
-from transforms.read import DatasetSpec, ReadDataset, match_inputs, source_names
+from transforms.read import DatasetSpec, ReadDataset, check_dataset, match_inputs, source_names
 from transforms.write import (
     WriteAudit,
     WriteEmbeddings,
@@ -82,6 +82,8 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
     # Absolute local paths: the summary records them for `rematch`, run from anywhere.
     paths = [p if "://" in p else os.path.abspath(p) for p in match_inputs(config.dataset.input)]
     spec = DatasetSpec.from_config(config.dataset)
+    # Columns and formats are checked on this machine, before any work is launched.
+    check_dataset([p for p in paths if "://" not in p], spec)
     out = config.output.path
 
     rows = pipeline | "Read" >> ReadDataset(paths, spec)

@@ -139,3 +139,16 @@ def test_published_embeddings_need_position_row_ids(tmp_path):
     data["embedding"] = {"precomputed": str(tmp_path)}
     with pytest.raises(ConfigError, match="dataset.id_col: must be null with embedding.precomputed"):
         parse_config(data)
+
+
+def test_cli_wrong_column_is_a_one_line_error_before_launch(tmp_path):
+    rows = tmp_path / "rows.csv"
+    rows.write_text("URL,TEXT\nhttp://example.com/a.jpg,a\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "configs/demo.yaml", "--set", f"dataset.input={rows}",
+         "--set", "dataset.url_col=url", "--set", f"output.path={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("laion-audit: config error: dataset.url_col: column 'url' not in")
+    assert not (tmp_path / "out").exists()
