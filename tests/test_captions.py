@@ -10,6 +10,8 @@ import yaml
 
 from transforms.captions import (
     CAPTION_FLAGS,
+    MAX_CAPTION_CHARS,
+    NAME_TERM_WINDOW,
     REQUIRED_LANGUAGES,
     CaptionScanner,
     CaptionTermsError,
@@ -361,6 +363,39 @@ def test_name_with_medical_term_found(text):
 ])
 def test_name_with_medical_term_not_found(text):
     assert "name_with_medical_term" not in caption_flags(text)
+
+
+def test_name_term_proximity_holds_among_many_names_and_terms():
+    far_gap = " ".join(["and"] * (NAME_TERM_WINDOW + 1))
+    far = " ".join(f"Maria Silva {far_gap} surgery {far_gap}" for _ in range(15))
+    assert len(far) < MAX_CAPTION_CHARS
+    assert caption_flags(far) == ["medical_term"]
+    near_gap = " ".join(["and"] * (NAME_TERM_WINDOW - 1))
+    assert "name_with_medical_term" in caption_flags(f"{far} John Smith {near_gap} surgery")
+    assert "name_with_medical_term" in caption_flags(f"surgery {near_gap} John Smith {far}")
+
+
+# --------------------------------------------------------------------------- long captions
+
+def test_huge_caption_is_scanned_up_to_the_cap():
+    # Scraped page text as a "caption": many names and terms, none near each other.
+    gap = " ".join(["and"] * (NAME_TERM_WINDOW + 1))
+    filler = f"Maria Silva {gap} surgery {gap} "
+    text = "write to maria@example.com. " + filler * (100_000 // len(filler) + 1)
+    assert len(text) > 100_000
+    assert caption_flags(text) == ["email", "medical_term"]
+    assert caption_flags_batch([text, text]) == [["email", "medical_term"]] * 2
+    # What lies past the cap is not read.
+    late = "a photo of a garden " * (MAX_CAPTION_CHARS // 10) + " write to maria@example.com"
+    assert caption_flags(late) == []
+
+
+def test_the_cap_does_not_cut_a_word_into_a_shorter_one():
+    prefix = "and " * ((MAX_CAPTION_CHARS - 2) // 4)
+    text = prefix + "scary movie night"  # the cap falls inside "scary": "scar" is medical
+    assert len(prefix) < MAX_CAPTION_CHARS < len(prefix) + len("scary")
+    assert caption_flags(text) == []
+    assert caption_flags(prefix + "scar tissue") == ["medical_term"]
 
 
 # --------------------------------------------------------------------------- data file

@@ -192,6 +192,49 @@ def test_exif_rotated_photo_hashes_like_the_upright_one(original):
     assert hamming(hash_image(tagged)[0].pdq, hash_image(upright)[0].pdq) <= PDQ_MATCH
 
 
+# The transpose that stores an upright image so that EXIF orientation o turns it back.
+_STORE_FOR_ORIENTATION = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,  # displayed after a 270 (clockwise 90) turn
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(_STORE_FOR_ORIENTATION))
+def test_every_exif_orientation_decodes_upright(orientation):
+    upright = photo_like(11, 90, 60)
+    method = _STORE_FOR_ORIENTATION[orientation]
+    stored = upright if method is None else upright.transpose(method)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    decoded = decode_image(encode(stored, "PNG", exif=exif.tobytes()))  # lossless
+    assert (decoded.width, decoded.height) == upright.size
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(upright))
+
+
+def _jpeg_with_raw_orientation(img: Image.Image, field_type: int, value: bytes) -> bytes:
+    """A JPEG whose EXIF holds one orientation entry of any TIFF field type, as written
+    by software that does not follow the spec (Pillow only writes it as SHORT)."""
+    count = len(value.rstrip(b"\0")) + 1 if field_type == 2 else 1
+    entry = struct.pack(">HHI", 0x0112, field_type, count) + value.ljust(4, b"\0")[:4]
+    tiff = b"MM\0*" + struct.pack(">I", 8) + struct.pack(">H", 1) + entry + b"\0" * 4
+    return encode(img, "JPEG", quality=90, exif=b"Exif\0\0" + tiff)
+
+
+def test_text_orientation_is_ignored_for_size_and_pixels_alike():
+    # "6" as ASCII text is no orientation: the reported size must describe the pixels.
+    stored = photo_like(12, 300, 200)
+    decoded = decode_image(_jpeg_with_raw_orientation(stored, 2, b"6"))
+    assert (decoded.width, decoded.height) == decoded.image.size == (300, 200)
+    as_long = decode_image(_jpeg_with_raw_orientation(stored, 4, struct.pack(">I", 6)))
+    assert (as_long.width, as_long.height) == as_long.image.size == (200, 300)
+
+
 def test_decompression_bomb_over_pillow_hard_limit_is_too_large():
     bomb = png_bomb(30000, 30000)
     assert len(bomb) < 200_000
@@ -263,6 +306,21 @@ def test_rgba_transparency_is_composited_on_white():
     assert decoded.image.mode == "RGB"
     assert decoded.image.getpixel((48, 32)) == (255, 255, 255)
     assert decoded.image.getpixel((10, 32)) == (200, 30, 30)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_opaque_alpha_gives_the_colour_values_unchanged(mode):
+    base = photo_like(13, 120, 80)
+    img = base.convert(mode)
+    decoded = decode_image(encode(img, "PNG"))
+    colour = base if mode == "RGBA" else base.convert("L").convert("RGB")
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(colour))
+    # One transparent pixel puts the same image back on the compositing path.
+    img = img.convert("RGBA")
+    img.putpixel((0, 0), (0, 0, 0, 0))
+    composited = decode_image(encode(img, "PNG")).image
+    assert composited.getpixel((0, 0)) == (255, 255, 255)
+    assert np.array_equal(np.asarray(composited)[1:], np.asarray(colour)[1:])
 
 
 def _mode_variants() -> dict[str, bytes]:
@@ -363,6 +421,23 @@ def test_other_statuses_pass_through_without_body():
 def test_ok_record_without_body_is_internal_error():
     out = hash_record({"status": "ok"})
     assert out["status"] == "internal_error" and "_body" in out["error"]
+
+
+@pytest.mark.parametrize("keep_image", [False, True])
+def test_hash_record_leaves_its_input_alone(original_jpeg, keep_image):
+    # Beam forbids changing an input element: another consumer may hold the same dict.
+    inputs = [
+        {"row_id": "ok", "status": "ok", "mime": "text/html", "_body": original_jpeg},
+        {"row_id": "bad", "status": "ok", "_body": b"not an image"},
+        {"row_id": "gone", "status": "http_error", "_body": b"<html>404</html>"},
+        {"row_id": "empty", "status": "ok"},
+    ]
+    for record in inputs:
+        before = dict(record)
+        out = hash_record(record, keep_image=keep_image)
+        assert record == before, record["row_id"]
+        assert out is not record
+        assert "_body" not in out
 
 
 def test_hash_images_transform_counts_statuses(original_jpeg):

@@ -13,6 +13,7 @@ from transforms.netguard import (
     check_host,
     check_url,
     is_forbidden_address,
+    looks_like_ip_literal,
     parse_host_literal,
 )
 
@@ -170,6 +171,56 @@ def test_check_url_rejects_malformed_urls(url: object) -> None:
     assert not verdict.ok
     assert verdict.status == "invalid_url"
     assert verdict.reason
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1../",  # two trailing dots: no inet_aton form
+        "http://1..2.3/",
+        "http://1.2.3.4.5/",
+        "http://256.0.0.1/",
+        "http://08.0.0.1/",  # not octal
+        "http://4294967296/",  # one number over 32 bits
+        "http://[::ffff:127.1]/",  # short IPv4 inside IPv6 is not valid IPv6
+        "http://[::ffff:1.2.3.4.5]/",
+        "http://[::1::2]/",
+        "http://[1:2:3]/",
+        "http://\uff11\uff12\uff17.0.0.0.1/",  # full-width digits
+        "http://\uff11\uff12\uff17\uff0e0\uff0e0\uff0e0\uff0e1/",  # and full-width dots
+    ],
+)
+def test_check_url_rejects_malformed_ip_literals(url: str) -> None:
+    # aiohttp connects to digit-and-dot or colon hosts without asking the resolver, so a
+    # literal the guard cannot read must not pass as a name, whatever the guard settings.
+    host = url.split("//", 1)[1].split("/", 1)[0]
+    for settings in ({}, {"allow_private_networks": True}, {"allowed_hosts": [host]}):
+        verdict = check_url(url, **settings)
+        assert not verdict.ok, settings
+        assert verdict.status == "invalid_url"
+        assert "literal" in verdict.reason
+
+
+@pytest.mark.parametrize(
+    "host, looks",
+    [("1.2.3.4.5", True), ("127.0.0.1..", True), ("::ffff:127.1", True),
+     ("[::1]", True), ("\uff11\uff12\uff17\u30020\u30020\u30021", True), ("4294967296", True),
+     ("example.com", False), ("0x7f.1", False), ("1.2.3.4a", False), ("...", False),
+     ("localhost", False)],
+)
+def test_looks_like_ip_literal_follows_aiohttp(host: str, looks: bool) -> None:
+    assert looks_like_ip_literal(host) is looks
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[]@", "http://[]@/a.jpg", "http://a@[]@", "http://[", "http://[]:80",
+            "http://[::1]x/"],
+)
+def test_check_url_turns_every_parser_failure_into_invalid_url(url: str) -> None:
+    # yarl raises IndexError for some of these, not only ValueError.
+    verdict = check_url(url)
+    assert (verdict.ok, verdict.status, verdict.url) == (False, "invalid_url", None)
+    assert verdict.reason.startswith("unparseable")
 
 
 @pytest.mark.parametrize(

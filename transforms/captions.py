@@ -10,6 +10,8 @@ This runs on billions of captions, so every pattern is compiled once, each word 
 one alternation folded into a prefix tree (hundreds of terms cost little more than a
 few), cheap gates skip the patterns a caption cannot match (no digit: no phone), and the
 per-word name analysis runs only on the few captions that already carry a medical term.
+Only the first ``MAX_CAPTION_CHARS`` characters of a caption are scanned, so one huge
+scraped "caption" (a whole page of text) costs no more than a long real one.
 """
 from __future__ import annotations
 
@@ -39,8 +41,14 @@ CAPTION_FLAGS: tuple[str, ...] = (
 
 REQUIRED_LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "pt")
 
-# A name counts as "next to" a medical term when at most this many words lie between.
+# A name counts as "next to" a medical term when their word positions differ by at most
+# this much, i.e. at most NAME_TERM_WINDOW - 1 words lie between.
 NAME_TERM_WINDOW = 6
+
+# Characters of a caption that are scanned. LAION captions are short (a few hundred
+# characters at most); the rare multi-kilobyte one is scraped page text, and scanning
+# all of it would let one row cost as much as thousands of ordinary ones.
+MAX_CAPTION_CHARS = 2000
 
 _TERMS_PACKAGE = "transforms"
 _TERMS_RESOURCE = "data/caption_terms.yaml"
@@ -340,6 +348,18 @@ def _name_tokens(text: str) -> list[_NameToken]:
     return tokens
 
 
+def _capped(text: str) -> str:
+    """The first MAX_CAPTION_CHARS characters, ending on a whole word where possible
+    (half a word could match as a different, shorter one)."""
+    if len(text) <= MAX_CAPTION_CHARS:
+        return text
+    head = text[:MAX_CAPTION_CHARS]
+    if text[MAX_CAPTION_CHARS].isspace():
+        return head
+    whole_words = head.rsplit(None, 1)
+    return whole_words[0] if len(whole_words) == 2 else head
+
+
 def _plausible_phone(candidate: str, international: bool) -> bool:
     digits = sum(c.isdigit() for c in candidate)
     if international:
@@ -503,6 +523,7 @@ class CaptionScanner:
         """Sorted, unique flag names for one caption; [] for anything but a string."""
         if not isinstance(text, str) or not text:
             return []
+        text = _capped(text)
         folded = fold_text(text)
         found: list[str] = []
         if ("@" in folded or "at]" in folded or "at)" in folded) and self._email.search(folded):
@@ -620,20 +641,23 @@ class CaptionScanner:
             parts.append(token.folded)
             position += len(token.folded) + 1
         joined = " ".join(parts)
-        term_spans = []
+        term_firsts: list[int] = []
+        term_lasts: list[int] = []
         term_words: set[int] = set()
         for match in self._medical.finditer(joined):
             first = bisect.bisect_right(offsets, match.start()) - 1
             last = bisect.bisect_right(offsets, match.end() - 1) - 1
-            term_spans.append((first, last))
+            term_firsts.append(first)
+            term_lasts.append(last)
             term_words.update(range(first, last + 1))
-        if not term_spans:
+        if not term_firsts:
             return False
+        # Matches do not overlap, so both lists are sorted: the first term ending at or
+        # after first - window is the only candidate that can also start close enough.
         for first, last in self._name_spans(words, term_words):
-            for term_first, term_last in term_spans:
-                gap = max(term_first - last, first - term_last, 0)
-                if gap <= NAME_TERM_WINDOW:
-                    return True
+            i = bisect.bisect_left(term_lasts, first - NAME_TERM_WINDOW)
+            if i < len(term_firsts) and term_firsts[i] <= last + NAME_TERM_WINDOW:
+                return True
         return False
 
     def _name_spans(self, words: list[_NameToken], term_words: set[int]) -> list[tuple[int, int]]:

@@ -2,11 +2,12 @@
 
 `fetch_one` turns a URL into a `FetchResult` and never raises: every failure becomes one
 of the audit statuses (records.STATUSES). It refuses non-http(s) URLs and forbidden
-addresses on every redirect hop (see netguard), retries throttling and transient
-failures with capped exponential backoff, honours ``X-Robots-Tag: noai`` before reading
-a body, and stops reading at ``max_bytes``. `Fetcher` runs one event loop and one aiohttp
-session on a daemon thread so synchronous code (Beam workers, the CLI) can submit whole
-batches; `Fetch` is the Beam transform the pipelines use.
+addresses on every redirect hop (see netguard), retries throttling, server errors and
+dropped connections with capped exponential backoff (a timeout is final: a dead host
+must not hold a batch open for several timeouts), honours ``X-Robots-Tag: noai`` before
+reading a body, and stops reading at ``max_bytes``. `Fetcher` runs one event loop and
+one aiohttp session on a daemon thread so synchronous code (Beam workers, the CLI) can
+submit whole batches; `Fetch` is the Beam transform the pipelines use.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ class FetchSettings:
     per_host: int = 8  # requests in flight to one host
     timeout_s: float = 20.0  # one attempt: connect, headers and body
     connect_timeout_s: float = 5.0
-    retries: int = 2  # extra attempts after 429 / 5xx / connection errors / timeouts
+    retries: int = 2  # extra attempts after 429 / 5xx / connection errors (not timeouts)
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0  # a longer Retry-After gives up instead of sleeping
     max_bytes: int = 20 * 1024 * 1024
@@ -278,8 +279,9 @@ async def _attempt(
                 async with session.get(url, allow_redirects=False) as response:
                     return await _read_response(response, url, settings)
         except TimeoutError:  # also aiohttp's ServerTimeoutError / ConnectionTimeoutError
-            return _Retryable(FetchResult("timeout", error=f"no answer within "
-                                          f"{settings.timeout_s:g} s", final_url=final_url))
+            # Final, not retried: each retry would hold the whole batch another timeout_s.
+            return FetchResult("timeout", error=f"no answer within {settings.timeout_s:g} s",
+                               final_url=final_url)
         except aiohttp.ClientConnectorError as exc:
             blocked = _blocked_reason(exc)
             if blocked is not None:
@@ -309,15 +311,15 @@ async def _attempt(
                                           final_url=final_url))
 
 
-def _next_hop(current: URL, location: str) -> URL | str:
-    """Absolute URL of a redirect target, or its text when it cannot be parsed."""
+def _next_hop(current: URL, location: str) -> URL | None:
+    """Absolute URL of a redirect target, or None when the Location cannot be parsed."""
     try:
         target = URL(location)
         if not target.scheme:
             target = current.join(target)
         return target.with_fragment(None)
-    except (ValueError, TypeError, UnicodeError):
-        return location
+    except Exception:  # yarl raises more than ValueError (IndexError on "http://[]@")
+        return None
 
 
 async def _fetch(
@@ -345,7 +347,14 @@ async def _fetch(
                 return FetchResult("http_error", outcome.http_status, "too many redirects",
                                    final_url=str(current), attempts=retries_used + 1)
             target = _next_hop(current, outcome.location)
+            if target is None:
+                # The server's answer is broken (like a redirect without Location): an
+                # http_error of that response, not a fault of the row's own URL.
+                return FetchResult("http_error", outcome.http_status, "bad redirect location",
+                                   final_url=str(current), attempts=retries_used + 1)
             # The guard runs again on every hop: a public page may redirect inwards.
+            # A Location that parses but is refused keeps the guard's status
+            # (invalid_url for a bad scheme or host, blocked_address for an inward hop).
             verdict = check_url(target, **guard)
             if not verdict.ok:
                 return FetchResult(verdict.status, outcome.http_status,

@@ -23,7 +23,7 @@ import imagehash
 import numpy as np
 import pdqhash
 from apache_beam.metrics import Metrics
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 _LOG = logging.getLogger(__name__)
 
@@ -46,7 +46,18 @@ WEB_IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "JPEG20
 # still leaves at least HASH_MAX_SIDE px on the long side; below 2x there is no gain.
 _DRAFT_MIN_FACTOR = 2
 
-# EXIF orientations that swap width and height (transpose / rotate 90 / 270).
+# EXIF orientation -> the transpose that displays the image upright (Pillow's
+# ImageOps.exif_transpose table; 1, "as stored", needs none), and the orientations
+# that swap width and height (transpose / rotate 90 / 270).
+_ORIENTATION_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 _EXIF_ORIENTATION_TAG = 0x0112
 
@@ -135,10 +146,15 @@ class ImageHashes:
 
 
 def _exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation 1..8; 1 when absent, malformed or not an integer (a text
+    "6" is no orientation, as for ImageOps.exif_transpose)."""
     try:
-        return int(img.getexif().get(_EXIF_ORIENTATION_TAG, 1) or 1)
+        value = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
     except Exception:  # malformed EXIF must not fail the image
         return 1
+    if isinstance(value, int) and value in _ORIENTATION_TRANSPOSES:
+        return value
+    return 1
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -163,7 +179,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode in ("LA", "La", "PA", "RGBA", "RGBa") or (
         mode in ("L", "RGB") and "transparency" in img.info
     ):
-        rgba = img.convert("RGBA")
+        rgba = img if mode == "RGBA" else img.convert("RGBA")
+        if rgba.getextrema()[3][0] == 255:
+            # Fully opaque (most PNGs with an alpha channel): compositing over white
+            # gives exactly these RGB values, so skip two full-size buffers.
+            return rgba.convert("RGB")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     # 1, L, CMYK, YCbCr, LAB, HSV, ...
@@ -218,9 +238,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
             img.draft(None, target)
         img.load()
         width, height = stored_w, stored_h
-        if _exif_orientation(img) in _SWAPPING_ORIENTATIONS:
+        orientation = _exif_orientation(img)
+        if orientation in _SWAPPING_ORIENTATIONS:
             width, height = stored_h, stored_w
-        img = ImageOps.exif_transpose(img) or img
+        if orientation in _ORIENTATION_TRANSPOSES:
+            # Only when there is something to turn (ImageOps.exif_transpose copies the
+            # whole image even then), and from the same reading of the tag as the size.
+            img = img.transpose(_ORIENTATION_TRANSPOSES[orientation])
         rgb = _to_rgb(img)
         rgb.load()
     except Image.DecompressionBombError as err:
@@ -326,13 +350,15 @@ def hash_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image
 
 
 def hash_record(record: dict, max_pixels: int = DEFAULT_MAX_PIXELS, keep_image: bool = False) -> dict:
-    """Fill the hash columns of a fetched record; never raises.
+    """A copy of a fetched record with the hash columns filled in; never raises.
 
-    Takes the in-flight ``_body`` off the record (image bytes go no further). An ok
-    record becomes ok (hashed), too_large, decode_error, not_image or internal_error;
-    any other status passes through. With ``keep_image`` the downscaled RGB copy rides
-    along as ``_image`` for the embedding stage, so nothing decodes twice.
+    The input dict is left as it is (Beam forbids changing an input element); the copy
+    drops the in-flight ``_body`` (image bytes go no further). An ok record becomes ok
+    (hashed), too_large, decode_error, not_image or internal_error; any other status
+    passes through. With ``keep_image`` the downscaled RGB copy rides along as
+    ``_image`` for the embedding stage, so nothing decodes twice.
     """
+    record = dict(record)  # shallow: only top-level keys are replaced below
     body = record.pop("_body", None)
     if record.get("status") != "ok":
         return record

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
+import unicodedata
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -205,6 +206,24 @@ def _host_key(host: str) -> str:
     return host.strip().lower().rstrip(".")
 
 
+# Full stops IDNA maps to "." (ideographic, full-width, half-width ideographic).
+_UNICODE_FULL_STOPS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+
+def looks_like_ip_literal(host: str) -> bool:
+    """Whether aiohttp would take ``host`` for an IP literal and never resolve it.
+
+    aiohttp (``helpers.is_ip_address``) treats a host made only of digits and dots, or
+    one containing ":", as an address and connects without asking any resolver, so
+    `GuardedResolver` never sees it. Full-width digits and dots are normalised first,
+    as IDNA does.
+    """
+    text = unicodedata.normalize("NFKC", host).translate(_UNICODE_FULL_STOPS).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return ":" in text or text.replace(".", "").isdigit()
+
+
 def _parse_exemptions(allowed_hosts: Iterable[str]) -> frozenset[tuple[str, int | None]]:
     """``host`` or ``host:port`` entries (``[v6]:port`` for IPv6) the guard lets through."""
     return _parse_exemption_tuple(tuple(allowed_hosts))
@@ -262,8 +281,10 @@ def check_url(
 ) -> UrlCheck:
     """Whether ``url`` may be requested: ``invalid_url``, ``blocked_address`` or ok.
 
-    Refuses address literals and metadata names the guard forbids unless
-    ``allow_private_networks`` (then only the form is checked: scheme and host).
+    ``invalid_url`` covers anything yarl cannot parse, schemes other than http(s), a
+    missing host, and hosts that look like IP literals (digits and dots only, or
+    containing ":") yet spell no address. Refuses address literals and metadata names
+    the guard forbids unless ``allow_private_networks`` (then only the form is checked).
     Host names are resolved later, by `GuardedResolver`.
     """
     if isinstance(url, URL):
@@ -275,7 +296,7 @@ def check_url(
         scheme = parsed.scheme.lower()
         host = parsed.raw_host
         port = parsed.port
-    except (ValueError, TypeError, UnicodeError) as exc:
+    except Exception as exc:  # yarl raises more than ValueError (IndexError on "http://[]@")
         return UrlCheck(False, "invalid_url", f"unparseable: {type(exc).__name__}", None)
     if scheme not in ALLOWED_SCHEMES:
         return UrlCheck(False, "invalid_url", f"scheme {scheme or '(none)'!r} not allowed", None)
@@ -283,6 +304,10 @@ def check_url(
         return UrlCheck(False, "invalid_url", "no host", None)
     if any(ch.isspace() or not ch.isprintable() for ch in host):
         return UrlCheck(False, "invalid_url", "host has blank or control characters", None)
+    if looks_like_ip_literal(host) and parse_host_literal(host) is None:
+        # aiohttp would connect to this "address" without a lookup, so neither the
+        # literal check nor the resolver could vouch for where it goes.
+        return UrlCheck(False, "invalid_url", "malformed IP address literal", None)
     reason = check_host(
         host, port, allow_private_networks=allow_private_networks, allowed_hosts=allowed_hosts
     )
