@@ -152,10 +152,14 @@ def test_local_checkpoint_path_loads_those_weights(tmp_path, clip, caplog):
 
 
 def test_vit_b32_random_weights_warn_and_embed_512_d(caplog):
+    # load_clip itself: the handler's model may already be loaded (and shared) by an
+    # earlier test in this process, and a shared model is not loaded, nor announced, twice.
     with caplog.at_level(logging.WARNING, logger="transforms.embed"):
-        b32 = OpenClipImageHandler("ViT-B-32", None, device="cpu")
-        loaded = b32.load_model()
+        _, _, _, model_id = load_clip("ViT-B-32", None, "cpu")
     assert "ViT-B-32/random-init: random weights: scores are meaningless" in caplog.text
+    assert model_id == "ViT-B-32/random-init"
+    b32 = OpenClipImageHandler("ViT-B-32", None, device="cpu")
+    loaded = b32.load_model()
     vectors = b32.run_inference([fetched_record(i)["_image"] for i in range(2)], loaded)
     assert [v.shape for v in vectors] == [(512,), (512,)]
     assert b32.model_id == "ViT-B-32/random-init"
