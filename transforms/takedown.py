@@ -205,16 +205,24 @@ def _value_error(kind: str, err: ValueError) -> str:
     return message if message.startswith(f"{kind} value") else f"{kind} value: {message}"
 
 
-def _max_distance(kind: str, sig: signals.SignalType, raw: Any) -> float | None:
+def _optional_number(raw: Any, column: str) -> float | None:
+    """A list cell as a finite number; None when the cell is empty."""
     text = _text(raw)
     if text is None:
         return None
     try:
         number = float(text)
     except ValueError:
-        raise ValueError("max_distance must be a number") from None
+        raise ValueError(f"{column} must be a number") from None
     if not math.isfinite(number):
-        raise ValueError("max_distance must be a finite number")
+        raise ValueError(f"{column} must be a finite number")
+    return number
+
+
+def _max_distance(kind: str, sig: signals.SignalType, raw: Any) -> float | None:
+    number = _optional_number(raw, "max_distance")
+    if number is None:
+        return None
     if sig.exact:
         if number != 0:
             raise ValueError(f"max_distance does not apply to the exact kind {kind!r}")
@@ -230,14 +238,10 @@ def _max_distance(kind: str, sig: signals.SignalType, raw: Any) -> float | None:
 
 
 def _quality(raw: Any) -> int | None:
-    text = _text(raw)
-    if text is None:
+    number = _optional_number(raw, "quality")
+    if number is None:
         return None
-    try:
-        number = float(text)
-    except ValueError:
-        raise ValueError("quality must be a number 0..100") from None
-    if not (math.isfinite(number) and number == int(number) and 0 <= number <= 100):
+    if not (number == int(number) and 0 <= number <= 100):
         raise ValueError("quality must be a whole number 0..100")
     return int(number)
 
