@@ -12,7 +12,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.audit import counter, run_pipeline
-from pipelines.config import RunnerConfig
+from pipelines.config import ConfigError, RunnerConfig
 from transforms.clean import WriteCleanDataset
 from transforms.read import DatasetSpec, check_dataset, match_inputs, source_names
 
@@ -20,13 +20,15 @@ from transforms.read import DatasetSpec, check_dataset, match_inputs, source_nam
 def run_apply(published_dir: str, inputs: list[str], out_dir: str, spec: DatasetSpec,
               runner: RunnerConfig | None = None) -> dict:
     published = published_dir.rstrip("/") + "/*.parquet"
-
-    def build(pipeline: beam.Pipeline) -> None:
-        if not FileSystems.match([published])[0].metadata_list:
-            raise ValueError(f"--removals: no published list (*.parquet) in '{published_dir}'")
+    if not FileSystems.match([published])[0].metadata_list:
+        raise ConfigError(f"--removals: no published list (*.parquet) in '{published_dir}'")
+    try:
         paths = match_inputs(inputs)
         check_dataset([p for p in paths if "://" not in p], spec)
-        build.files = len(paths)
+    except ValueError as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+
+    def build(pipeline: beam.Pipeline) -> None:
         # Read on the workers: a published list can hold millions of hashes.
         keys = (
             pipeline
@@ -37,7 +39,7 @@ def run_apply(published_dir: str, inputs: list[str], out_dir: str, spec: Dataset
 
     result, _ = run_pipeline(runner or RunnerConfig(), build)
     return {
-        "files": build.files,
+        "files": len(paths),
         "rows_kept": counter(result, "clean", "rows_kept"),
         "rows_dropped": counter(result, "clean", "rows_dropped"),
     }

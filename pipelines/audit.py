@@ -82,6 +82,7 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
     # Absolute local paths: the summary records them for `rematch`, run from anywhere.
     paths = [p if "://" in p else os.path.abspath(p) for p in match_inputs(config.dataset.input)]
     spec = DatasetSpec.from_config(config.dataset)
+    names = policy_names(config)
     # Columns and formats are checked on this machine, before any work is launched.
     check_dataset([p for p in paths if "://" not in p], spec)
     out = config.output.path
@@ -126,7 +127,7 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
             clip_min_cosine=config.takedown.clip_min_cosine,
         )
     records = records | "Decide" >> DecideAction(
-        config.policy.remove_if, config.policy.review_if, policy_names(config)
+        config.policy.remove_if, config.policy.review_if, names
     )
 
     records | "WriteAudit" >> WriteAudit(out, config.output.num_shards)
@@ -156,7 +157,7 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
             "policy": {
                 "remove_if": config.policy.remove_if,
                 "review_if": config.policy.review_if,
-                "names": sorted(policy_names(config)),
+                "names": sorted(names),
             },
             **model_summary(config),
         },

@@ -70,17 +70,19 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 def _cmd_rematch(args: argparse.Namespace) -> int:
     from pipelines.rematch import plan_rematch, run_rematch
+    from transforms.takedown import TakedownListError
 
     missing = [p for p in args.lists if "://" not in p and not Path(p).exists()]
     if missing:
         raise ConfigError(f"--lists: no such file '{missing[0]}'")
-    _check_lists(args.lists)
     if "://" not in args.audit and not Path(args.audit, "report", "summary.json").exists():
         raise ConfigError(f"--audit: '{args.audit}' is not an audit output (no report/summary.json)")
     try:
         plan = plan_rematch(args.audit, args.lists, args.out, args.input,
                             pdq_max_distance=args.pdq_max_distance, phash_max_distance=args.phash_max_distance,
                             clip_min_cosine=args.clip_min_cosine)
+    except TakedownListError as err:  # planning loads the lists: a bad entry fails here
+        raise ConfigError(f"takedown.lists: {err}".splitlines()[0]) from None
     except ValueError as err:
         raise ConfigError(str(err).splitlines()[0]) from None
     for warning in plan.warnings:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
+import numpy as np
 import pyarrow as pa
 
 # Every audit row carries exactly one of these.
@@ -155,8 +156,6 @@ def removal_rows(record: dict) -> list[dict]:
 def embedding_row(record: dict) -> dict:
     """A row of embeddings/: the row id and the vector as float16 (numpy, which Arrow
     converts to halffloat directly)."""
-    import numpy as np
-
     return {"row_id": record["row_id"], "embedding": np.asarray(record["_embedding"], dtype=np.float16)}
 
 
