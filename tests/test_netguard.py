@@ -267,6 +267,7 @@ def test_resolver_refuses_hex_names_that_libc_reads_as_loopback() -> None:
         _resolve(GuardedResolver(), "0x7f.1")
 
 
+@pytest.mark.off_machine
 def test_resolver_refuses_metadata_names_without_looking_them_up() -> None:
     with pytest.raises(BlockedAddressError) as info:
         _resolve(GuardedResolver(), "metadata.google.internal")

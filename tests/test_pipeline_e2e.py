@@ -131,6 +131,7 @@ def test_hostile_host_every_row_one_status(tmp_path, server):
             assert needle not in path.read_bytes(), path
 
 
+@pytest.mark.off_machine
 def test_address_guard_on_no_request_reaches_the_host(tmp_path, server):
     server.clear_requests()
     port = server.port
