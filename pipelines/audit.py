@@ -195,9 +195,19 @@ def run_pipeline(config_runner, build, output_path: str | None = None) -> tuple[
     return result, time.monotonic() - started
 
 
+def count_mismatch(counts: dict[str, int]) -> dict[str, int] | None:
+    """None when every count equals the rows read per the outputs (`rows_in`); else all
+    of them, by name, so a report shows which one went astray."""
+    expected = counts["rows_in"]
+    if all(value == expected for value in counts.values()):
+        return None
+    return dict(counts)
+
+
 def finish_summary(result, output_path: str, wall_s: float) -> dict:
     """Add wall time and Beam's own row counts to summary.json; rows in must equal rows
-    audited by every count, or `all_rows_accounted` is false."""
+    audited by every count, or `all_rows_accounted` is false and `count_mismatch` holds
+    the four counts: rows read and audited per the outputs and per Beam's metrics."""
     rows_in = counter(result, "audit", "rows_in")
     rows_audited = counter(result, "audit", "rows_audited")
     path = summary_path(output_path)
@@ -207,9 +217,14 @@ def finish_summary(result, output_path: str, wall_s: float) -> dict:
         rows_per_s=round(summary["rows_audited"] / wall_s, 2) if wall_s > 0 else None,
         metrics={"rows_in": rows_in, "rows_audited": rows_audited},
     )
-    summary["all_rows_accounted"] = bool(
-        summary["all_rows_accounted"] and rows_in == rows_audited == summary["rows_in"]
-    )
+    mismatch = count_mismatch({
+        "rows_in": summary["rows_in"],
+        "rows_audited": summary["rows_audited"],
+        "metrics.rows_in": rows_in,
+        "metrics.rows_audited": rows_audited,
+    })
+    summary["count_mismatch"] = mismatch
+    summary["all_rows_accounted"] = mismatch is None
     write_json(path, summary)
     return summary
 

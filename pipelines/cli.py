@@ -19,6 +19,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _check_lists(config.takedown.lists)
     run = run_audit(config)
     print_summary(run.summary, config.output.path)
+    report_unaccounted(run.summary)
     return 0 if run.summary["all_rows_accounted"] else 1
 
 
@@ -91,7 +92,18 @@ def _cmd_rematch(args: argparse.Namespace) -> int:
     print_summary(summary, args.out)
     if not plan.inputs:
         print("clean/ not written: the audited dataset is not readable here (name it with --input)")
+    report_unaccounted(summary)
     return 0 if summary["all_rows_accounted"] else 1
+
+
+def report_unaccounted(summary: dict) -> None:
+    """When the row counts disagree, say on stderr which counts and their values, so the
+    exit code 1 that follows comes with its reason."""
+    if summary["all_rows_accounted"]:
+        return
+    mismatch = summary.get("count_mismatch") or {}
+    counts = ", ".join(f"{name}={value}" for name, value in mismatch.items()) or "counts not recorded"
+    print(f"laion-audit: rows not accounted: {counts}", file=sys.stderr)
 
 
 def _check_lists(paths: list[str]) -> None:
