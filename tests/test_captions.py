@@ -4,6 +4,7 @@ the data file's loader."""
 from __future__ import annotations
 
 import copy
+import random
 
 import pytest
 import yaml
@@ -15,6 +16,9 @@ from transforms.captions import (
     REQUIRED_LANGUAGES,
     CaptionScanner,
     CaptionTermsError,
+    _cpf_valid,
+    _dni_valid,
+    _insee_valid,
     caption_flags,
     caption_flags_batch,
     fold_text,
@@ -241,6 +245,161 @@ def _broken_nir() -> str:
 ])
 def test_national_id_not_found(text):
     assert not _has("national_id", text)
+
+
+# ------------------------------------------------- check digits: any change is caught
+#
+# Valid numbers are built here from the official rules, independently of the scanner:
+#   CPF (Receita Federal): weights 10..2 over the 9 digits, r = sum mod 11, first check
+#     digit 0 if r < 2 else 11 - r; the second the same with weights 11..2 over the 10.
+#   DNI / NIE (Ministerio del Interior): letter "TRWAGMYFPDXBNJZSQVHLCKE"[n mod 23]; an
+#     NIE's X / Y / Z stands for a leading 0 / 1 / 2.
+#   NIR (INSEE): key 97 - (13-digit number mod 97); Corsica's 2A / 2B count as 19 / 18.
+# Then every other value of each check digit must stop the caption being a national id.
+
+_DNI_TABLE = "TRWAGMYFPDXBNJZSQVHLCKE"
+_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _cpf_check_digit(digits: str) -> str:
+    total = sum(int(d) * w for d, w in zip(digits, range(len(digits) + 1, 1, -1)))
+    remainder = total % 11
+    return "0" if remainder < 2 else str(11 - remainder)
+
+
+def _official_cpf(first9: str) -> str:
+    first = _cpf_check_digit(first9)
+    return first9 + first + _cpf_check_digit(first9 + first)
+
+
+def _cpf_texts(digits: str) -> list[str]:
+    """The two forms the scanner reads: punctuated anywhere, plain after "CPF"."""
+    return [f"recibo {digits[:3]}.{digits[3:6]}.{digits[6:9]}-{digits[9:]} pago", f"CPF: {digits}"]
+
+
+def _cpf_bases() -> list[str]:
+    rng = random.Random(1101)
+    bases = ["529982247", "111444777"] + [f"{rng.randrange(10**9):09d}" for _ in range(6)]
+    # And bases whose check digits come from the "r < 2" rule (0), for each digit.
+    candidates = (f"{rng.randrange(10**9):09d}" for _ in range(100_000))
+    bases.append(next(b for b in candidates if _official_cpf(b)[9] == "0"))
+    bases.append(next(b for b in candidates if _official_cpf(b)[10] == "0"))
+    return [b for b in bases if len(set(b)) > 1]
+
+
+VALID_CPFS = [_official_cpf(b) for b in _cpf_bases()]
+
+
+def _nir_key(body13: str) -> int:
+    numeric = body13[:5] + {"2A": "19", "2B": "18"}.get(body13[5:7], body13[5:7]) + body13[7:]
+    return 97 - int(numeric) % 97
+
+
+def _nir_bodies() -> list[str]:
+    rng = random.Random(1697)
+
+    def body(dept: str | None = None) -> str:
+        dept = dept or f"{rng.choice([d for d in range(1, 96) if d != 20]):02d}"
+        return (f"{rng.choice('12')}{rng.randrange(100):02d}{rng.randrange(1, 13):02d}{dept}"
+                f"{rng.randrange(1, 1000):03d}{rng.randrange(1, 1000):03d}")
+
+    bodies = [body() for _ in range(4)] + [body("2A"), body("2B")]
+    # Keys at both ends of the range: a one-digit key written 0X, and 97.
+    candidates = (body() for _ in range(100_000))
+    bodies.append(next(b for b in candidates if _nir_key(b) < 10))
+    bodies.append(next(b for b in candidates if _nir_key(b) == 97))
+    return bodies
+
+
+VALID_NIRS = [(b, _nir_key(b)) for b in _nir_bodies()]
+
+
+def _nir_texts(body13: str, key: int) -> list[str]:
+    """Spaced anywhere, or unspaced after a context word."""
+    b = body13
+    return [f"carte vitale {b[0]} {b[1:3]} {b[3:5]} {b[5:7]} {b[7:10]} {b[10:13]} {key:02d}",
+            f"numéro INSEE {b}{key:02d}"]
+
+
+DNI_NUMBERS = [12345678, 50012345, 73180001, 4, 99999998]
+NIE_NUMBERS = [("X", 1234567), ("Y", 7654321), ("Z", 1)]
+
+
+def _nie_value(prefix: str, number: int) -> int:
+    return "XYZ".index(prefix) * 10**7 + number
+
+
+def test_valid_numbers_built_from_the_rules_are_flagged():
+    for digits in VALID_CPFS:
+        assert _cpf_valid(digits), digits
+        for text in _cpf_texts(digits):
+            assert _has("national_id", text), text
+    for number in DNI_NUMBERS:
+        letter = _DNI_TABLE[number % 23]
+        assert _dni_valid(number, letter)
+        for text in (f"DNI {number:08d}{letter}", f"{number:08d}-{letter}"):
+            assert _has("national_id", text), text
+    for prefix, number in NIE_NUMBERS:
+        letter = _DNI_TABLE[_nie_value(prefix, number) % 23]
+        assert _dni_valid(_nie_value(prefix, number), letter)
+        assert _has("national_id", f"NIE {prefix}{number:07d}{letter}")
+    for body, key in VALID_NIRS:
+        assert _insee_valid(f"{body}{key:02d}"), body
+        for text in _nir_texts(body, key):
+            assert _has("national_id", text), text
+
+
+@pytest.mark.parametrize("digits", VALID_CPFS)
+def test_cpf_with_any_check_digit_changed_is_not_an_id(digits):
+    for position in (9, 10):
+        for value in "0123456789":
+            if value == digits[position]:
+                continue
+            changed = digits[:position] + value + digits[position + 1:]
+            assert not _cpf_valid(changed), changed
+            for text in _cpf_texts(changed):
+                assert not _has("national_id", text), text
+
+
+@pytest.mark.parametrize("digits", VALID_CPFS)
+def test_cpf_first_check_digit_is_checked_on_its_own(digits):
+    # A wrong first check digit with a second one right for the digits as written: only
+    # a check of the first digit itself refuses it.
+    for value in "0123456789":
+        if value == digits[9]:
+            continue
+        first10 = digits[:9] + value
+        forged = first10 + _cpf_check_digit(first10)
+        assert not _cpf_valid(forged), forged
+        for text in _cpf_texts(forged):
+            assert not _has("national_id", text), text
+
+
+@pytest.mark.parametrize("number", DNI_NUMBERS)
+def test_dni_with_any_other_letter_is_not_an_id(number):
+    right = _DNI_TABLE[number % 23]
+    for letter in _UPPER.replace(right, ""):
+        assert not _dni_valid(number, letter), (number, letter)
+        for text in (f"DNI {number:08d}{letter}", f"{number:08d}-{letter}"):
+            assert not _has("national_id", text), text
+
+
+@pytest.mark.parametrize("prefix, number", NIE_NUMBERS)
+def test_nie_with_any_other_letter_is_not_an_id(prefix, number):
+    right = _DNI_TABLE[_nie_value(prefix, number) % 23]
+    for letter in _UPPER.replace(right, ""):
+        assert not _dni_valid(_nie_value(prefix, number), letter), (prefix, number, letter)
+        assert not _has("national_id", f"NIE {prefix}{number:07d}{letter}")
+
+
+@pytest.mark.parametrize("body, key", VALID_NIRS)
+def test_nir_with_any_other_key_is_not_an_id(body, key):
+    for other in range(100):
+        if other == key:
+            continue
+        assert not _insee_valid(f"{body}{other:02d}"), (body, other)
+        for text in _nir_texts(body, other):
+            assert not _has("national_id", text), text
 
 
 # --------------------------------------------------------------------------- handles
