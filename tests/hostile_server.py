@@ -37,7 +37,7 @@ class HostileServer:
       /img/{name}              bytes registered with `add_image` (404 when unknown)
       /404, /500               that status
       /flaky/{key}             500 on the first request per key, then a PNG
-      /429/{key}               429 with ``Retry-After: 1`` first, then a PNG
+      /429/{key}?after=S       429 with ``Retry-After: S`` (default 1) first, then a PNG
       /hang                    never answers (until the server stops, at most 120 s)
       /redirect-loop           302 to itself
       /redirect-private        302 to http://10.0.0.1/x
@@ -54,7 +54,9 @@ class HostileServer:
       /robots?tag=VALUE        a PNG with ``X-Robots-Tag: VALUE``
       /bomb.png                a 20000 x 20000 PNG of a few tens of KiB
 
-    ``requests`` lists the path of every request that reached the server, in order.
+    ``requests`` lists the path of every request that reached the server, in order;
+    ``request_times`` the same as (path, ``time.monotonic()`` at arrival), so tests can
+    tell how long a client waited between attempts.
     ``body_bytes_sent[path]`` counts body bytes written by the streaming routes
     (/noai, /endless, /big), ``completed`` their responses that sent the whole body,
     ``disconnected`` those the client hung up on mid-body.
@@ -64,6 +66,7 @@ class HostileServer:
         self.host = host
         self.port = port
         self.requests: list[str] = []
+        self.request_times: list[tuple[str, float]] = []
         self.body_bytes_sent: collections.Counter[str] = collections.Counter()
         self.completed: collections.Counter[str] = collections.Counter()
         self.disconnected: collections.Counter[str] = collections.Counter()
@@ -90,9 +93,15 @@ class HostileServer:
             self._images[name] = (data, content_type)
         return f"/img/{name}"
 
+    def arrival_times(self, path: str) -> list[float]:
+        """Monotonic arrival times of the requests for ``path``, in order."""
+        with self._lock:
+            return [t for p, t in self.request_times if p == path]
+
     def clear_requests(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.request_times.clear()
 
     def wait_for(self, condition, timeout_s: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
         """Poll ``condition()`` until true or ``timeout_s``; the server notices a client
@@ -191,8 +200,10 @@ class HostileServer:
 
     @web.middleware
     async def _log_request(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+        arrived = time.monotonic()
         with self._lock:
             self.requests.append(request.path)
+            self.request_times.append((request.path, arrived))
         return await handler(request)
 
     def _first_time(self, key: str) -> bool:
@@ -235,7 +246,8 @@ class HostileServer:
 
     async def _throttled(self, request: web.Request) -> web.Response:
         if self._first_time("429:" + request.match_info["key"]):
-            return web.Response(status=429, text="slow down", headers={"Retry-After": "1"})
+            after = request.query.get("after", "1")
+            return web.Response(status=429, text="slow down", headers={"Retry-After": after})
         return web.Response(body=self._png, content_type="image/png")
 
     async def _hang(self, request: web.Request) -> web.Response:

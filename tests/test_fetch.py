@@ -7,6 +7,7 @@ import datetime as dt
 import http.server
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -157,6 +158,7 @@ def test_unparseable_redirect_location_is_an_http_error(
     assert result.attempts == 1 and result.body is None
 
 
+@pytest.mark.off_machine
 @pytest.mark.parametrize("location", ["http://127.0.0.1../x", "http://[::ffff:127.1]/x",
                                       "http://1.2.3.4.5/x"])
 def test_redirect_to_malformed_ip_literal_is_refused(raw_redirector: str, location: str) -> None:
@@ -196,19 +198,30 @@ def test_client_errors_are_not_retried(server: HostileServer) -> None:
 
 def test_throttling_honours_retry_after(server: HostileServer) -> None:
     key = unique("throttled")
-    result = fetch(server, f"/429/{key}")
+    after = 1
+    # Plain backoff would retry within backoff_base_s (10 ms): only the header waits 1 s.
+    settings = replace(LOCAL, backoff_base_s=0.01, backoff_max_s=5)
+    result = fetch(server, f"/429/{key}?after={after}", settings)
     assert result.status == "ok"
     assert result.attempts == 2
+    first, second = server.arrival_times(f"/429/{key}")
+    assert second - first >= after
 
 
 def test_retry_after_beyond_backoff_max_gives_up_instead_of_sleeping(
     server: HostileServer,
 ) -> None:
     key = unique("throttled")
+    after = 3
     settings = replace(LOCAL, backoff_max_s=0.5)
-    result = fetch(server, f"/429/{key}", settings)
+    started = time.monotonic()
+    result = fetch(server, f"/429/{key}?after={after}", settings)
+    elapsed = time.monotonic() - started
     assert (result.status, result.http_status, result.attempts) == ("http_error", 429, 1)
-    assert "Retry-After" in result.error
+    assert f"Retry-After {after} s over backoff_max_s" in result.error
+    # It gave up at once: no sleep, and no second request.
+    assert elapsed < after / 2
+    assert len(server.arrival_times(f"/429/{key}")) == 1
 
 
 def test_hanging_server_times_out_without_retrying(server: HostileServer) -> None:
@@ -309,6 +322,7 @@ def test_malformed_ip_literals_are_invalid_and_never_connect(
     assert server.requests == []
 
 
+@pytest.mark.off_machine
 def test_guard_rechecks_every_redirect_hop(server: HostileServer) -> None:
     exempt = replace(GUARDED, allowed_private_hosts=(f"127.0.0.1:{server.port}",))
     assert fetch(server, "/img/photo", exempt).status == "ok"  # the exemption works
@@ -326,6 +340,7 @@ def test_redirect_back_to_loopback_is_blocked(server: HostileServer) -> None:
     assert server.requests == ["/redirect-to-loopback"]
 
 
+@pytest.mark.off_machine
 def test_invalid_urls_never_reach_the_network() -> None:
     urls = [None, 123, "", "ftp://example.com/a.jpg", "javascript:alert(1)", "http://",
             "not a url", "http://[]@", "http://127.0.0.1../", "http://[::ffff:127.1]/"]
