@@ -110,6 +110,9 @@ def test_a_batch_is_one_matrix_product_and_rows_match_single_scoring(classifier)
     assert np.all((scores >= 0) & (scores <= 1))
     one_by_one = np.concatenate([classifier.scores(row[None]) for row in batch])
     np.testing.assert_allclose(scores, one_by_one, rtol=1e-5)
+    # And each row is the documented formula: category k along e_k, neutrals e3..e5.
+    formula = [[expected_score(float(x[k]), [float(c) for c in x[3:6]]) for k in range(3)] for x in batch]
+    np.testing.assert_allclose(scores, formula, rtol=1e-4, atol=1e-7)
     assert classifier.logits(batch).shape == (100, 6)
 
 
@@ -193,8 +196,12 @@ def test_a_head_replaces_its_category_score(tmp_path, classifier):
                                    np.stack([basis(3), basis(4), basis(5)]), SCALE, heads={2: head})
     batch = np.stack([basis(0), basis(2)])
     scores = with_head.scores(batch)
-    np.testing.assert_allclose(scores[:, 2], head.scores(batch), rtol=1e-6)
-    np.testing.assert_allclose(scores[:, :2], classifier.scores(batch)[:, :2], rtol=1e-6)
+    # Head: hidden units relu(10 x0), relu(10 x1), output unit0 - unit1, then sigmoid.
+    np.testing.assert_allclose(scores[:, 2], [1 / (1 + math.exp(-10)), 0.5], rtol=1e-6)
+    # The other categories keep the zero-shot formula: e0 is along a, e2 along neither.
+    np.testing.assert_allclose(scores[:, :2], [[expected_score(1, [0, 0, 0]), expected_score(0, [0, 0, 0])],
+                                               [expected_score(0, [0, 0, 0]), expected_score(0, [0, 0, 0])]],
+                               rtol=1e-6)
 
 
 def test_bad_head_files_are_refused(tmp_path):
@@ -305,30 +312,88 @@ def test_build_zero_shot_encodes_the_default_prompts_once(clip):
     assert built.scores(image_vectors).shape == (4, 6)
 
 
-def test_classify_images_on_beam_reuses_the_embedding_model(clip, small_categories):
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _zero_shot_score(x: np.ndarray, prompts: np.ndarray, negatives: np.ndarray, scale: float) -> float:
+    """classify.py's documented score in plain numpy (float64): the category vector is
+    the renormalised mean of its unit prompt vectors, each negative is its own class,
+    and the score is the category's softmax probability among them."""
+    category = _unit(_unit(prompts).mean(axis=0))
+    logits = scale * np.concatenate([[x @ category], _unit(negatives) @ x])
+    e = np.exp(logits - logits.max())
+    return float(e[0] / e.sum())
+
+
+def test_classify_images_on_beam_reuses_the_embedding_model(clip, tmp_path):
+    # Thresholds differ per category and the head's category sits exactly on its
+    # threshold for one row, so a swapped threshold or a strict '>' changes the labels.
+    w1 = np.zeros((384, 1), np.float32)
+    w1[0, 0] = 10.0
+    np.savez(tmp_path / "linear.npz", W1=w1, b1=np.zeros(1, np.float32))  # score = sigmoid(10 * x[0])
+    path = tmp_path / "categories.yaml"
+    path.write_text(
+        "neutral_prompts: [a photo of a landscape, a product photo]\n"
+        "categories:\n"
+        "  medical_scan: {threshold: 0.4, prompts: [an X-ray image, a CT scan]}\n"
+        "  face: {threshold: 0.6, prompts: [a portrait photo], negative_prompts: [a drawing of a face]}\n"
+        "  nudity: {threshold: 0.5, head: linear.npz}\n")
+    thresholds = {"medical_scan": 0.4, "face": 0.6, "nudity": 0.5}
+
+    # The model's text vectors, straight from the model the embedding stage shares.
+    texts = ["an X-ray image", "a CT scan", "a portrait photo",
+             "a photo of a landscape", "a product photo", "a drawing of a face"]
+    text = dict(zip(texts, clip.embed_texts(texts).astype(np.float64)))
+    scan_prompts = np.stack([text["an X-ray image"], text["a CT scan"]])
+    face_prompts = np.stack([text["a portrait photo"]])
+    shared = np.stack([text["a photo of a landscape"], text["a product photo"]])
+    face_negatives = np.vstack([shared, text["a drawing of a face"]])
+    scale = clip.logit_scale()
+
+    c_scan, c_face = _unit(scan_prompts.mean(axis=0)), _unit(face_prompts[0])
+    rng = np.random.default_rng(0)
+    vectors = [c_scan, c_face, c_scan + c_face, shared[0], c_scan + c_face - 1.5 * shared.mean(axis=0),
+               rng.standard_normal(384), rng.standard_normal(384)]
+    on_threshold = rng.standard_normal(384)
+    on_threshold[0] = 0.0  # the head's logit is exactly 0: score 0.5 == its threshold
+    vectors.append(on_threshold)
     records = []
-    for i in range(5):
+    for i, vector in enumerate(vectors):
         record = new_record(f"r:{i}", f"http://x/{i}.jpg", None)
-        record["_embedding"] = np.random.default_rng(i).standard_normal(384).astype(np.float32)
-        record["_embedding"] /= np.linalg.norm(record["_embedding"])
+        record["_embedding"] = _unit(vector).astype(np.float32)
         records.append(record)
-    records.append(new_record("r:9", None, None))
+    records.append(new_record("r:9", None, None))  # not embedded: no scores
 
-    out = run_transform(ClassifyImages(small_categories, SMALL_MODEL, None, "cpu", batch_size=2), records)
+    expected = {}
+    for record in records[:-1]:
+        x = record["_embedding"].astype(np.float64)
+        scores = {
+            "medical_scan": _zero_shot_score(x, scan_prompts, shared, scale),
+            "face": _zero_shot_score(x, face_prompts, face_negatives, scale),
+            "nudity": 1.0 / (1.0 + np.exp(-10.0 * x[0])),
+        }
+        labels = [name for name in ("medical_scan", "face", "nudity") if scores[name] >= thresholds[name]]
+        expected[record["row_id"]] = (scores, labels)
+    # The rows exercise what the labels depend on: a score between the two zero-shot
+    # thresholds (swapping them matters), rows with and without each label.
+    assert any(0.4 <= s["medical_scan"] < 0.6 or 0.4 <= s["face"] < 0.6 for s, _ in expected.values())
+    for name in thresholds:
+        assert {name in labels for _, labels in expected.values()} == {True, False}, name
+    assert expected["r:7"][0]["nudity"] == 0.5 and "nudity" in expected["r:7"][1]
 
-    categories = load_categories(small_categories)
-    reference = build_zero_shot(categories, clip.model, clip.tokenizer, clip.device)
-    expected = {r["row_id"]: r for r in classify_batch(records, reference, categories)}
-    assert len(out) == 6
+    out = run_transform(ClassifyImages(path, SMALL_MODEL, None, "cpu", batch_size=2), records)
+
+    assert sorted(r["row_id"] for r in out) == sorted(r["row_id"] for r in records)
     for record in out:
-        want = expected[record["row_id"]]
-        if want["scores"] is None:
-            assert record["scores"] is None
+        if record["row_id"] == "r:9":
+            assert record["scores"] is None and record["labels"] == []
             continue
-        assert record["scores"].keys() == {"medical_scan", "face"}
-        for name, value in want["scores"].items():
-            assert record["scores"][name] == pytest.approx(value, rel=1e-5)
-        assert record["labels"] == want["labels"]
+        want_scores, want_labels = expected[record["row_id"]]
+        assert record["scores"].keys() == want_scores.keys()
+        for name, value in want_scores.items():
+            assert record["scores"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (record["row_id"], name)
+        assert record["labels"] == want_labels, record["row_id"]
 
 
 # ---------------------------------------------------------------------- eval script

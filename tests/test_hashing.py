@@ -16,6 +16,7 @@ import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that
 
+from scripts.sample_images import make_photo_jpeg, make_png
 from transforms.hashing import (
     HASH_MAX_SIDE,
     PDQ_DIHEDRAL_NAMES,
@@ -106,20 +107,99 @@ def test_pdq_hex_is_threatexchange_big_endian_format():
         pdq_bits_to_hex([1, 0, 1])
 
 
-def test_pdq_of_matches_threatexchange_conversion_of_pdqhash_output(original):
-    small = downscale_for_hashing(original)
-    vector, quality = pdqhash.compute(np.asarray(small))
-    # python-threatexchange pdq_hasher: the bit vector read as one binary number.
+# Independent references: the libraries themselves, called on pixels made with plain
+# Pillow, so a change to the audit's decode -> copy -> hash path cannot move them too.
+
+
+def threatexchange_hex(vector) -> str:
+    """python-threatexchange's pdq_hasher conversion: the 256 bits in pdqhash's order
+    read as one binary number (element 0 most significant), zero-padded lowercase hex."""
     bin_str = "".join(str(int(b)) for b in vector)
-    expected = ("%0*X" % ((len(bin_str) + 3) // 4, int(bin_str, 2))).lower()
-    assert pdq_of(original) == (expected, quality)
-    assert len(expected) == 64
+    return ("%0*X" % ((len(bin_str) + 3) // 4, int(bin_str, 2))).lower()
 
 
-def test_phash_is_imagehash_string_of_the_hash_copy(original):
-    value = phash_of(original)
-    assert len(value) == 16 and int(value, 16) >= 0
-    assert value == str(imagehash.phash(downscale_for_hashing(original)))
+def reference_hash_pixels(data: bytes) -> Image.Image:
+    """The pixels the audit promises to hash, made with plain Pillow calls.
+
+    An image at most 512 px on its long side is hashed as decoded. A larger one is hashed
+    on a BOX-resampled copy whose long side is 512 px (each side rounded, aspect kept);
+    a JPEG at least twice that size is first decoded at a reduced DCT scale (draft) that
+    still leaves at least that copy's size."""
+    img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    if img.format == "JPEG" and max(width, height) >= 1024:
+        factor = 512 / max(width, height)
+        img.draft("RGB", (round(width * factor), round(height * factor)))
+    rgb = img.convert("RGB")
+    width, height = rgb.size
+    if max(width, height) <= 512:
+        return rgb
+    factor = 512 / max(width, height)
+    return rgb.resize((round(width * factor), round(height * factor)), Image.BOX)
+
+
+def _noise_png(seed: int, width: int, height: int) -> bytes:
+    """Smoothed noise: many DCT coefficients near the median, so pHash and PDQ notice
+    small changes in the pixels they are given (of these cases, only these show a pHash
+    taken of the full image instead of the 512 px copy)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels).resize((width, height), Image.Resampling.BICUBIC)
+    return encode(img, "PNG")
+
+
+# name -> (bytes, size of the copy the audit hashes)
+HASH_CASES = {
+    "png noise 64x48": (make_png(5, 64, 48), (64, 48)),
+    "jpeg photo 320x240": (make_photo_jpeg(21, 320, 240), (320, 240)),
+    "jpeg photo 512x384, at the limit": (make_photo_jpeg(22, 512, 384), (512, 384)),
+    "jpeg photo 800x600, box copy": (make_photo_jpeg(23, 800, 600), (512, 384)),
+    "jpeg photo 1024x768, draft only": (make_photo_jpeg(24, 1024, 768), (512, 384)),
+    "jpeg photo 2000x1300, draft and box": (make_photo_jpeg(25, 2000, 1300), (512, 333)),
+    "png portrait 600x900, box copy": (_noise_png(26, 600, 900), (341, 512)),
+    "png 1500x700, box copy": (_noise_png(27, 1500, 700), (512, 239)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HASH_CASES))
+def test_pdq_and_phash_equal_the_reference_libraries_on_the_same_pixels(name):
+    data, copy_size = HASH_CASES[name]
+    pixels = reference_hash_pixels(data)
+    assert pixels.size == copy_size  # the test's own copy follows the documented size rule
+    vector, quality = pdqhash.compute(np.asarray(pixels, dtype=np.uint8))
+    want_pdq, want_quality = threatexchange_hex(vector), int(quality)
+    want_phash = str(imagehash.phash(pixels))
+    assert len(want_pdq) == 64 and len(want_phash) == 16
+
+    record = hash_record({"row_id": name, "status": "ok", "_body": data}, keep_image=True)
+    assert record["status"] == "ok"
+    assert record["pdq"] == want_pdq
+    assert record["pdq_quality"] == want_quality
+    assert record["phash"] == want_phash
+    with Image.open(io.BytesIO(data)) as original:
+        assert (record["width"], record["height"]) == original.size  # full size, not the copy's
+    # The copy handed on to the embedding stage is these very pixels.
+    assert np.array_equal(np.asarray(record["_image"]), np.asarray(pixels))
+
+    # A direct call on the fully decoded image hashes the same pixels as the audit
+    # (only a large JPEG differs: the audit decodes it at a reduced DCT scale).
+    with Image.open(io.BytesIO(data)) as opened:
+        drafted = opened.format == "JPEG" and max(opened.size) >= 1024
+        decoded = opened.convert("RGB")
+    if not drafted:
+        assert pdq_of(decoded) == (want_pdq, want_quality)
+        assert phash_of(decoded) == want_phash
+
+
+def test_the_hash_cases_are_distinct_and_some_have_imperfect_quality():
+    # Guards the table above: a constant or swapped quality, or one hash for every
+    # image, would otherwise pass for images that all look alike.
+    refs = []
+    for data, _ in HASH_CASES.values():
+        vector, quality = pdqhash.compute(np.asarray(reference_hash_pixels(data), dtype=np.uint8))
+        refs.append((threatexchange_hex(vector), int(quality)))
+    assert len({pdq for pdq, _ in refs}) == len(refs)
+    assert len({quality for _, quality in refs}) > 1
 
 
 def test_content_hashes_are_of_the_raw_bytes(original_jpeg):
@@ -159,6 +239,9 @@ def test_mirror_is_found_among_the_dihedral_hashes(original):
     variants = pdq_dihedral_of(original)
     assert [name for name, _, _ in variants] == list(PDQ_DIHEDRAL_NAMES)
     assert variants[0][1:] == pdq_of(original)
+    # Each variant is pdqhash's own dihedral output for the hashed copy, in its order.
+    vectors, quality = pdqhash.compute_dihedral(np.asarray(reference_hash_pixels(encode(original, "PNG"))))
+    assert [v[1:] for v in variants] == [(threatexchange_hex(v), int(quality)) for v in vectors]
     mirror_pdq, _ = pdq_of(original.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     distances = {name: hamming(value, mirror_pdq) for name, value, _ in variants}
     assert distances["original"] > PDQ_MATCH
@@ -400,8 +483,22 @@ def test_hash_record_fills_columns_and_pops_the_body(original_jpeg):
     assert "_body" not in out and "_image" not in out
     assert out["status"] == "ok"
     assert out["mime"] == "image/jpeg"  # what the bytes are, not what the server said
-    expected, _ = hash_image(original_jpeg)
-    for column, value in expected.to_columns().items():
+    # Every hash column from the reference libraries, not from hash_image (which
+    # hash_record calls, so a bug there would move the expectation too).
+    pixels = reference_hash_pixels(original_jpeg)  # 640x480 -> a 512x384 BOX copy
+    vector, quality = pdqhash.compute(np.asarray(pixels, dtype=np.uint8))
+    expected = {
+        "content_md5": hashlib.md5(original_jpeg).hexdigest(),
+        "content_sha256": hashlib.sha256(original_jpeg).hexdigest(),
+        "bytes": len(original_jpeg),
+        "mime": "image/jpeg",
+        "width": 640,
+        "height": 480,
+        "phash": str(imagehash.phash(pixels)),
+        "pdq": threatexchange_hex(vector),
+        "pdq_quality": int(quality),
+    }
+    for column, value in expected.items():
         assert out[column] == value, column
 
 

@@ -49,11 +49,72 @@ def test_rematch_table_decides_changed_rows_again_with_the_audit_policies():
     assert [{k: r[k] for k in unchanged} for r in out] == [{k: r[k] for k in unchanged} for r in table.to_pylist()]
 
 
-def test_table_summary_equals_the_row_summary():
+def _summary_rows() -> list[dict]:
+    """_rows() plus what the summary must also count: caption flags, a row matched twice
+    by one list and once by another, and a row with no status, action or bytes."""
     rows = _rows()
+    record = new_record("p:6", "http://e.com/6", "c")
+    record.update(status="ok", action="remove", reasons=["takedown:old", "takedown:other"], bytes=12345,
+                  labels=["child"], caption_flags=["email", "phone"],
+                  matches=[{"list_id": "old", "entry_id": "a", "kind": "md5", "distance": 0.0},
+                           {"list_id": "old", "entry_id": "b", "kind": "pdq", "distance": 5.0},
+                           {"list_id": "other", "entry_id": "c", "kind": "sha256", "distance": 0.0}])
+    rows.append(audit_row(record))
+    record = new_record("p:7", "http://e.com/7", "c")
+    record.update(caption_flags=["email"])  # status, action, bytes left None
+    rows.append(audit_row(record))
+    return rows
+
+
+def _plain_counts(rows: list[dict]) -> dict:
+    """The summary's counts, counted here row by row: a row without a status counts as
+    internal_error, a row without an action is not counted, and each list a row matched
+    counts once for that row however many of its entries matched."""
+    status, action, labels, flags, lists = {}, {}, {}, {}, {}
+
+    def bump(counts, key):
+        counts[key] = counts.get(key, 0) + 1
+
+    for row in rows:
+        bump(status, row["status"] if row["status"] is not None else "internal_error")
+        if row["action"] is not None:
+            bump(action, row["action"])
+        for label in row["labels"] or []:
+            bump(labels, label)
+        for flag in row["caption_flags"] or []:
+            bump(flags, flag)
+        for list_id in sorted({m["list_id"] for m in row["matches"] or []}):
+            bump(lists, list_id)
+    return {"rows_audited": len(rows), "bytes_fetched": sum(row["bytes"] or 0 for row in rows),
+            "status": status, "action": action, "labels": labels, "caption_flags": flags,
+            "matched_lists": lists}
+
+
+def test_table_summary_equals_the_row_summary():
+    rows = _summary_rows()
+    expected = _plain_counts(rows)
+    # The rows hold what each count must get right (else the checks below prove little).
+    assert expected["matched_lists"] == {"old": 4, "other": 1}  # rows 1, 3, 4, 6; row 6 once
+    assert expected["bytes_fetched"] == 100 * (0 + 1 + 2 + 3 + 4 + 5) + 12345
+    assert expected["labels"]["face"] == 2 and expected["caption_flags"] == {"email": 2, "phone": 1}
+
     fn = SummaryFn()
     acc = fn.create_accumulator()
     for row in rows:
         acc = fn.add_input(acc, row)
+    by_row = fn.extract_output(acc)
     table = pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA)
-    assert fn.extract_output(summary_of_table(table)) == fn.extract_output(acc)
+    by_table = fn.extract_output(summary_of_table(table))
+    # Beam combines partial accumulators: two halves merged count the same.
+    halves = []
+    for part in (rows[:3], rows[3:]):
+        half = fn.create_accumulator()
+        for row in part:
+            half = fn.add_input(half, row)
+        halves.append(half)
+    merged = fn.extract_output(fn.merge_accumulators(halves))
+
+    for name, summary in (("SummaryFn", by_row), ("summary_of_table", by_table), ("merged", merged)):
+        for key, value in expected.items():
+            assert summary[key] == value, (name, key)
+        assert summary.keys() == expected.keys(), name

@@ -2,6 +2,7 @@
 rematch reproduces the removals offline; apply cleans another copy of the dataset."""
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 
@@ -27,13 +28,16 @@ def audited(tmp_path_factory):
     assert cli_main(["request", str(tmp / "me.jpg"), "--out", str(request), "--list-id", "req-1"]) == 0
 
     with HostileServer() as server:
-        urls, copies = [], set()
+        urls, copies, served = [], set(), {}
         for i in range(24):
-            urls.append(server.url(server.add_image(f"other{i}.jpg", make_photo_jpeg(1000 + i, 640, 480))))
+            data = make_photo_jpeg(1000 + i, 640, 480)
+            urls.append(server.url(server.add_image(f"other{i}.jpg", data)))
+            served[urls[-1]] = data
         for name, data in copies_of(photo).items():
             url = server.url(server.add_image(name, data, "image/png" if name.endswith("png") else "image/jpeg"))
             urls.insert(3 * len(copies) + 1, url)
             copies.add(url)
+            served[url] = data
         urls += [server.url("/404"), None]
         dataset = tmp / "rows.parquet"
         pq.write_table(laion_table(urls), dataset, row_group_size=8)
@@ -44,8 +48,31 @@ def audited(tmp_path_factory):
             "takedown": {"lists": [str(request)]},
         })
         run = run_audit(config)
+    # What each row must come out as, from the input alone: served images are fetched
+    # (ok) and only the copies removed; /404 is an http_error and a missing URL invalid.
+    expected = {}
+    for i, url in enumerate(urls):
+        status = "ok" if url in served else "invalid_url" if url is None else "http_error"
+        expected[f"rows.parquet:{i}"] = (status, "remove" if url in copies else "keep")
     return {"tmp": tmp, "config": config, "run": run, "copies": copies, "urls": urls,
-            "request": request, "dataset": dataset}
+            "request": request, "dataset": dataset, "expected": expected,
+            "bytes_served": sum(len(data) for data in served.values())}
+
+
+def _count(values) -> dict:
+    counts: dict = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
+def _removed_ids(audited) -> set:
+    return {row_id for row_id, (_, action) in audited["expected"].items() if action == "remove"}
+
+
+def _input_without_copies(audited) -> list[dict]:
+    """The input rows minus the copies of the requested photo: what clean/ must hold."""
+    return [row for row in pq.read_table(audited["dataset"]).to_pylist() if row["URL"] not in audited["copies"]]
 
 
 def _table(folder) -> list[dict]:
@@ -63,6 +90,22 @@ def test_request_removes_every_copy_and_nothing_else(audited):
         else:
             assert row["matches"] == [] and row["reasons"] == []
     assert audited["run"].summary["matched_lists"] == {"req-1": len(audited["copies"])}
+    assert {r["row_id"]: (r["status"], r["action"]) for r in audit} == audited["expected"]
+
+
+def test_summary_counts_follow_from_the_input(audited):
+    expected = audited["expected"].values()
+    summary = json.loads((audited["tmp"] / "audit" / "report" / "summary.json").read_text())
+    assert summary["rows_in"] == summary["rows_audited"] == len(audited["urls"])
+    assert summary["all_rows_accounted"] is True
+    assert summary["metrics"] == {"rows_in": len(audited["urls"]), "rows_audited": len(audited["urls"])}
+    assert summary["status"] == _count(status for status, _ in expected)
+    assert summary["action"] == _count(action for _, action in expected)
+    assert summary["matched_lists"] == {"req-1": len(audited["copies"])}  # once per removed row
+    assert summary["labels"] == {} and summary["caption_flags"] == {}  # no embedding; plain captions
+    assert summary["bytes_fetched"] == audited["bytes_served"]
+    # What run_audit returned is what it wrote.
+    assert {k: audited["run"].summary[k] for k in summary} == summary
 
 
 def test_removals_and_clean_partition_the_input(audited):
@@ -72,9 +115,9 @@ def test_removals_and_clean_partition_the_input(audited):
     removals = _table(out / "removals")
     assert clean.schema == original.schema
     removed_ids = {r["row_id"] for r in removals}
+    assert removed_ids == _removed_ids(audited)  # the rows of the copies, by input position
     assert len(removed_ids) + clean.num_rows == original.num_rows
-    kept = [row for i, row in enumerate(original.to_pylist()) if f"rows.parquet:{i}" not in removed_ids]
-    assert clean.to_pylist() == kept
+    assert clean.to_pylist() == _input_without_copies(audited)
     assert {r["url"] for r in removals} == audited["copies"]
     assert all(r["list_id"] == "req-1" and r["entry_id"].startswith("req-1-") for r in removals)
 
@@ -83,6 +126,8 @@ def test_published_list_holds_no_url_or_hash(audited):
     published = pq.read_table(audited["tmp"] / "audit" / "published")
     assert published.column_names == ["url_sha256", "row_key"]
     assert published.num_rows == len(audited["copies"])
+    # No id_col: a row's key is its row id, so the published keys are the copies' rows.
+    assert set(published.column("row_key").to_pylist()) == _removed_ids(audited)
 
 
 def test_rematch_offline_reproduces_the_removals(audited, network_off, tmp_path):
@@ -90,11 +135,17 @@ def test_rematch_offline_reproduces_the_removals(audited, network_off, tmp_path)
     plan = plan_rematch(str(audited["tmp"] / "audit"), [str(audited["request"])], str(out))
     summary = run_rematch(plan)
     assert summary["all_rows_accounted"] and summary["rows_in"] == len(audited["urls"])
+    # The same list again: the same decisions, counted from the input.
+    expected = audited["expected"].values()
+    assert summary["rows_audited"] == len(audited["urls"])
+    assert summary["status"] == _count(status for status, _ in expected)
+    assert summary["action"] == _count(action for _, action in expected)
+    assert summary["matched_lists"] == {"req-1": len(audited["copies"])}
+    assert {r["row_id"] for r in _table(out / "removals")} == _removed_ids(audited)
     original = sorted((r["row_id"], r["entry_id"]) for r in _table(audited["tmp"] / "audit" / "removals"))
     again = sorted((r["row_id"], r["entry_id"]) for r in _table(out / "removals"))
     assert again == original
-    assert pq.read_table(out / "clean" / "rows.parquet").equals(
-        pq.read_table(audited["tmp"] / "audit" / "clean" / "rows.parquet"))
+    assert pq.read_table(out / "clean" / "rows.parquet").to_pylist() == _input_without_copies(audited)
     with pytest.raises(OSError, match="network is off"):
         socket.create_connection(("127.0.0.1", 9), timeout=1)
 
@@ -105,7 +156,9 @@ def test_rematch_with_an_empty_list_restores_every_row(audited, tmp_path):
     plan = plan_rematch(str(audited["tmp"] / "audit"), [str(empty)], str(tmp_path / "out"))
     summary = run_rematch(plan)
     assert summary["action"] == {"keep": len(audited["urls"])}
-    assert pq.read_table(tmp_path / "out" / "clean" / "rows.parquet").num_rows == len(audited["urls"])
+    assert summary["matched_lists"] == {}
+    assert summary["status"] == _count(status for status, _ in audited["expected"].values())
+    assert pq.read_table(tmp_path / "out" / "clean" / "rows.parquet").equals(pq.read_table(audited["dataset"]))
 
 
 def test_apply_cleans_a_copy_of_the_dataset_like_the_audit(audited, tmp_path):
@@ -115,8 +168,9 @@ def test_apply_cleans_a_copy_of_the_dataset_like_the_audit(audited, tmp_path):
     code = cli_main(["apply", "--removals", str(audited["tmp"] / "audit" / "published"),
                      "--input", str(copy), "--out", str(tmp_path / "cleaned")])
     assert code == 0
-    assert pq.read_table(tmp_path / "cleaned" / "rows.parquet").equals(
-        pq.read_table(audited["tmp"] / "audit" / "clean" / "rows.parquet"))
+    cleaned = pq.read_table(tmp_path / "cleaned" / "rows.parquet")
+    assert cleaned.to_pylist() == _input_without_copies(audited)
+    assert cleaned.equals(pq.read_table(audited["tmp"] / "audit" / "clean" / "rows.parquet"))
 
 
 def test_bad_list_is_a_config_error(audited, tmp_path, capsys):
@@ -143,6 +197,12 @@ def test_rerun_into_the_same_output_replaces_every_shard(audited, tmp_path):
     config.output.path = str(tmp_path / "audit")
     config.output.num_shards = 3  # another shard count than the first run's
     config.fetch.enabled = False  # a quick rerun: every row not_fetched
-    run_audit(config)
+    run = run_audit(config)
     rows = _table(tmp_path / "audit" / "audit")
-    assert len(rows) == len(audited["urls"]) and {r["status"] for r in rows} <= {"not_fetched", "invalid_url"}
+    # Without fetching, a row with a URL is not_fetched; the row without one stays invalid.
+    want = {f"rows.parquet:{i}": "invalid_url" if url is None else "not_fetched"
+            for i, url in enumerate(audited["urls"])}
+    assert len(rows) == len(want)  # every shard of the first run replaced, none left over
+    assert {r["row_id"]: r["status"] for r in rows} == want
+    assert run.summary["status"] == _count(want.values())
+    assert run.summary["rows_in"] == run.summary["rows_audited"] == len(audited["urls"])
