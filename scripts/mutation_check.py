@@ -177,7 +177,9 @@ def run_one(m: Mutation, timeout_s: float) -> tuple[str, float, str]:
     path = ROOT / m.path
     original = path.read_bytes()
     stat = path.stat()
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    # This tree's modules first, in Beam's worker processes too (an editable install may
+    # point elsewhere, e.g. when the check runs on a snapshot worktree).
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(ROOT)}
     started = time.monotonic()
     try:
         path.write_bytes(original.replace(m.old.encode(), m.new.encode(), 1))
