@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("LAION_AUDIT_SANDBOX") not in ("netns", "userns"):
         # Mutated guards must meet a namespace with nothing but loopback.
         sandbox = ROOT / "scripts" / "sandbox.sh"
-        os.execv("/bin/sh", ["/bin/sh", str(sandbox), sys.executable, __file__, *(argv or sys.argv[1:])])
+        os.execv(sandbox, [str(sandbox), sys.executable, __file__, *(argv or sys.argv[1:])])
 
     results = []
     print(f"{'mutation':48} {'result':9} {'s':>6}  detail", flush=True)
