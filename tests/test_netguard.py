@@ -5,6 +5,7 @@ import asyncio
 import ipaddress
 import socket
 
+import aiohttp.abc
 import pytest
 
 from transforms.netguard import (
@@ -282,3 +283,33 @@ def test_resolver_passes_addresses_through_when_allowed() -> None:
     assert exempt
     with pytest.raises(BlockedAddressError):
         _resolve(GuardedResolver(allowed_hosts=["localhost:8080"]), "localhost", 9090)
+
+
+class _FixedAnswers(aiohttp.abc.AbstractResolver):
+    """A resolver that answers every name with the given addresses, in order: what a
+    hostile DNS server can return for a name it controls."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        self._addresses = addresses
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        return [{"hostname": host, "host": a, "port": port, "family": family, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST} for a in self._addresses]
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("addresses", [["93.184.215.14", "10.0.0.1"], ["10.0.0.1", "93.184.215.14"],
+                                       ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c", "::1"]])
+def test_resolver_refuses_a_name_if_any_of_its_addresses_is_forbidden(addresses) -> None:
+    # Happy eyeballs may connect to any answer: one forbidden address spoils the name.
+    with pytest.raises(BlockedAddressError) as info:
+        _resolve(GuardedResolver(_FixedAnswers(addresses)), "rebinding.example")
+    assert info.value.host == "rebinding.example"
+
+
+def test_resolver_returns_every_public_answer() -> None:
+    public = ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"]
+    infos = _resolve(GuardedResolver(_FixedAnswers(public)), "example.com", 443)
+    assert [info["host"] for info in infos] == public
