@@ -121,10 +121,7 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
         from transforms.takedown import MatchTakedown
 
         records = records | "MatchTakedown" >> MatchTakedown(
-            config.takedown.lists,
-            pdq_max_distance=config.takedown.pdq_max_distance,
-            phash_max_distance=config.takedown.phash_max_distance,
-            clip_min_cosine=config.takedown.clip_min_cosine,
+            config.takedown.lists, thresholds=config.takedown.thresholds()
         )
     records = records | "Decide" >> DecideAction(
         config.policy.remove_if, config.policy.review_if, names
@@ -149,11 +146,7 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
                         "format": spec.format},
             "takedown_lists": len(config.takedown.lists),
             # What `rematch` needs to decide as this run did.
-            "takedown": {
-                "pdq_max_distance": config.takedown.pdq_max_distance,
-                "phash_max_distance": config.takedown.phash_max_distance,
-                "clip_min_cosine": config.takedown.clip_min_cosine,
-            },
+            "thresholds": config.takedown.thresholds().to_dict(),
             "policy": {
                 "remove_if": config.policy.remove_if,
                 "review_if": config.policy.review_if,

@@ -80,8 +80,7 @@ def _cmd_rematch(args: argparse.Namespace) -> int:
         raise ConfigError(f"--audit: '{args.audit}' is not an audit output (no report/summary.json)")
     try:
         plan = plan_rematch(args.audit, args.lists, args.out, args.input,
-                            pdq_max_distance=args.pdq_max_distance, phash_max_distance=args.phash_max_distance,
-                            clip_min_cosine=args.clip_min_cosine)
+                            pdq=args.pdq_max_distance, phash=args.phash_max_distance, clip=args.clip_min_cosine)
     except TakedownListError as err:  # planning loads the lists: a bad entry fails here
         raise ConfigError(f"takedown.lists: {err}".splitlines()[0]) from None
     except ValueError as err:

@@ -76,6 +76,12 @@ class TakedownConfig(_Section):
 
     _lists_as_list = field_validator("lists", mode="before")(_as_list)
 
+    def thresholds(self):
+        """The three keys as the one value matching takes (transforms.signals.Thresholds)."""
+        from transforms.signals import Thresholds  # imported here: config checks stay light
+
+        return Thresholds(pdq=self.pdq_max_distance, phash=self.phash_max_distance, clip=self.clip_min_cosine)
+
 
 class EmbeddingConfig(_Section):
     enabled: bool = False

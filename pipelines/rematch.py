@@ -27,6 +27,7 @@ from transforms.clean import WriteCleanDataset
 from transforms.read import DatasetSpec, match_inputs, source_names
 from transforms.records import AUDIT_SCHEMA
 from transforms.policy import Policy, compile_policies, decide
+from transforms.signals import Thresholds
 from transforms.takedown import IndexSpec, TakedownIndex, load_lists
 from transforms.write import (
     SummaryFn,
@@ -150,7 +151,7 @@ class RematchPlan:
 
 
 def plan_rematch(audit_dir: str, lists: list[str], out_dir: str, inputs: list[str] | None = None,
-                 **thresholds) -> RematchPlan:
+                 **thresholds: float | None) -> RematchPlan:
     """Where the audit, its dataset and the lists are, and how the audit decided.
 
     The dataset, the policies and the match thresholds are taken from the audit's own
@@ -165,13 +166,14 @@ def plan_rematch(audit_dir: str, lists: list[str], out_dir: str, inputs: list[st
     if inputs is None:
         recorded = previous.get("inputs") or []
         inputs = recorded if recorded and all(FileSystems.exists(p) for p in recorded) else None
-    settings = {**(previous.get("takedown") or {}), **{k: v for k, v in thresholds.items() if v is not None}}
+    # `thresholds` by kind (pdq=, phash=, clip=); None keeps the audit's own.
+    settings = Thresholds(previous.get("thresholds") or {}).replace(**thresholds)
     warnings = []
     clip_entries = sum(1 for e in load_lists(lists) if e.kind == "clip")
     if clip_entries:
         warnings.append(f"{clip_entries} clip entries are not matched: an audit keeps no embeddings")
     return RematchPlan(audit_dir, list(lists), out_dir, inputs, spec,
-                       IndexSpec(paths=tuple(lists), **settings), int(previous["rows_audited"]),
+                       IndexSpec(paths=tuple(lists), thresholds=settings), int(previous["rows_audited"]),
                        previous.get("policy") or {}, warnings)
 
 
@@ -203,9 +205,7 @@ def build_rematch(pipeline: beam.Pipeline, plan: RematchPlan) -> None:
     path, rows_in, extra = summary_path(plan.out_dir), plan.rows_in, {
         "rematch_of": plan.audit_dir, "takedown_lists": len(plan.lists), "inputs": plan.inputs,
         "clean_written": bool(plan.inputs), "warnings": plan.warnings, "policy": plan.policy,
-        "takedown": {"pdq_max_distance": plan.index.pdq_max_distance,
-                     "phash_max_distance": plan.index.phash_max_distance,
-                     "clip_min_cosine": plan.index.clip_min_cosine},
+        "thresholds": plan.index.thresholds.to_dict(),
         "dataset": {"url_col": plan.spec.url_col, "caption_col": plan.spec.caption_col,
                     "id_col": plan.spec.id_col, "format": plan.spec.format},
     }

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from transforms import hashing
+from transforms import hashing, signals
 from transforms.signals import (
     KINDS,
     SIGNAL_TYPES,
@@ -289,3 +289,18 @@ def test_kinds_without_a_photo_hash_say_so():
 def test_photo_that_is_not_an_image_raises_the_hashing_error():
     with pytest.raises(hashing.NotAnImage):
         signal_type("pdq").from_photo(b"%PDF-1.7 not a photo")
+
+
+def test_thresholds_default_to_each_kind_and_take_overrides():
+    defaults = signals.Thresholds()
+    assert defaults.to_dict() == {"pdq": 31.0, "phash": 8.0, "clip": 0.9}
+    changed = defaults.replace(pdq=19, clip=None)
+    assert changed.to_dict() == {"pdq": 19.0, "phash": 8.0, "clip": 0.9}
+    assert changed == signals.Thresholds({"pdq": 19}) and hash(changed) == hash(signals.Thresholds(pdq=19))
+    assert changed != defaults
+
+
+@pytest.mark.parametrize("kind", ["md5", "url", "nope"])
+def test_thresholds_exist_only_for_distance_kinds(kind):
+    with pytest.raises(ValueError, match=f"no threshold for kind '{kind}'"):
+        signals.Thresholds({kind: 1})

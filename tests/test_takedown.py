@@ -12,6 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from transforms import signals
+from transforms.signals import Thresholds
 from transforms.takedown import (
     MatchTakedown,
     TakedownEntry,
@@ -97,7 +98,7 @@ def test_index_default_thresholds_are_configurable():
     value = random_hex(rng, 32)
     row = flip_bits(value, 20, rng)
     assert matched_ids(TakedownIndex([entry("e", "pdq", value)]).match_columns({"pdq": [row]})[0]) == {"e"}
-    strict = TakedownIndex([entry("e", "pdq", value)], pdq_max_distance=19)
+    strict = TakedownIndex([entry("e", "pdq", value)], thresholds=Thresholds(pdq=19))
     assert strict.match_columns({"pdq": [row]}) == [[]]
 
 

@@ -407,6 +407,54 @@ SIGNAL_TYPES: dict[str, SignalType] = {
 KINDS = tuple(SIGNAL_TYPES)
 
 
+class Thresholds(Mapping[str, float]):
+    """The match threshold of every distance kind, as one value: the most bits apart for
+    Hamming kinds (pdq, phash), the least cosine for clip. Kinds not given keep their
+    class default; a list entry's own ``max_distance`` still overrides both.
+
+    Immutable and hashable, so it can be part of a worker's index cache key.
+    """
+
+    def __init__(self, values: Mapping[str, float] | None = None, **by_kind: float) -> None:
+        given = {**(values or {}), **by_kind}
+        unknown = [k for k in given if k not in SIGNAL_TYPES or SIGNAL_TYPES[k].exact]
+        if unknown:
+            distance_kinds = ", ".join(k for k, s in SIGNAL_TYPES.items() if not s.exact)
+            raise ValueError(f"no threshold for kind {unknown[0]!r}; kinds with one: {distance_kinds}")
+        self._values = tuple(
+            (kind, float(given[kind]) if given.get(kind) is not None else float(sig.default_threshold))
+            for kind, sig in SIGNAL_TYPES.items() if not sig.exact
+        )
+
+    def __getitem__(self, kind: str) -> float:
+        for name, value in self._values:
+            if name == kind:
+                return value
+        raise KeyError(kind)
+
+    def __iter__(self):
+        return (name for name, _ in self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __hash__(self) -> int:
+        return hash(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Thresholds) and other._values == self._values
+
+    def replace(self, **by_kind: float | None) -> Thresholds:
+        """A copy with the given kinds changed (None leaves a kind as it is)."""
+        return Thresholds({**self, **{k: v for k, v in by_kind.items() if v is not None}})
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(self._values)
+
+    def __repr__(self) -> str:
+        return f"Thresholds({self.to_dict()})"
+
+
 def signal_type(kind: str) -> SignalType:
     """The SignalType for a kind name (case and surrounding blanks ignored).
 
@@ -429,6 +477,7 @@ __all__ = [
     "PhashSignal",
     "Sha256Signal",
     "SignalType",
+    "Thresholds",
     "UrlSha256Signal",
     "UrlSignal",
     "clip_from_value",

@@ -110,10 +110,6 @@ LIST_FORMATS = ("parquet", "csv", "jsonl", "txt")
 REQUIRED_COLUMNS = ("list_id", "entry_id", "kind", "value")
 LIST_COLUMNS = REQUIRED_COLUMNS + ("max_distance", "reason", "quality")
 
-DEFAULT_PDQ_MAX_DISTANCE = 31
-DEFAULT_PHASH_MAX_DISTANCE = 8
-DEFAULT_CLIP_MIN_COSINE = 0.9
-
 HAMMING_STRATEGIES = ("auto", "flat", "mih")
 
 # Cosines are computed in float32; a vector compared with itself can come out a few
@@ -688,24 +684,21 @@ class TakedownIndex:
     """All entries of the takedown lists, searchable a batch of rows at a time.
 
     Built once, read-only afterwards (safe for concurrent readers: see module docstring).
-    ``max_distance`` thresholds per kind are the defaults for entries without their own.
+    ``thresholds`` per kind are the defaults for entries without their own ``max_distance``.
     """
 
     def __init__(
         self,
         entries: Iterable[TakedownEntry],
         *,
-        pdq_max_distance: float = DEFAULT_PDQ_MAX_DISTANCE,
-        phash_max_distance: float = DEFAULT_PHASH_MAX_DISTANCE,
-        clip_min_cosine: float = DEFAULT_CLIP_MIN_COSINE,
+        thresholds: signals.Thresholds | None = None,
         hamming_strategy: str = "auto",
     ) -> None:
         if hamming_strategy not in HAMMING_STRATEGIES:
             raise ValueError(f"hamming_strategy must be one of {', '.join(HAMMING_STRATEGIES)}")
         started = time.perf_counter()
         self._entries: list[TakedownEntry] = list(entries)
-        self._defaults = {"pdq": float(pdq_max_distance), "phash": float(phash_max_distance),
-                          "clip": float(clip_min_cosine)}
+        self.thresholds = thresholds if thresholds is not None else signals.Thresholds()
         by_kind: dict[str, list[int]] = {}
         seen: set[tuple[str, str]] = set()
         for i, entry in enumerate(self._entries):
@@ -746,7 +739,7 @@ class TakedownIndex:
     # -- building
 
     def _threshold(self, entry: TakedownEntry) -> float:
-        return self._defaults[entry.kind] if entry.max_distance is None else float(entry.max_distance)
+        return self.thresholds[entry.kind] if entry.max_distance is None else float(entry.max_distance)
 
     def _build_exact(self, kind: str, idx: list[int]) -> None:
         table: dict[str, list[int]] = {}
@@ -941,20 +934,12 @@ class IndexSpec:
 
     paths: tuple[str, ...] = ()
     list_format: str | None = None
-    pdq_max_distance: float = DEFAULT_PDQ_MAX_DISTANCE
-    phash_max_distance: float = DEFAULT_PHASH_MAX_DISTANCE
-    clip_min_cosine: float = DEFAULT_CLIP_MIN_COSINE
+    thresholds: signals.Thresholds = dataclasses.field(default_factory=signals.Thresholds)
     hamming_strategy: str = "auto"
 
     def build(self) -> TakedownIndex:
-        return TakedownIndex.from_lists(
-            self.paths,
-            self.list_format,
-            pdq_max_distance=self.pdq_max_distance,
-            phash_max_distance=self.phash_max_distance,
-            clip_min_cosine=self.clip_min_cosine,
-            hamming_strategy=self.hamming_strategy,
-        )
+        return TakedownIndex.from_lists(self.paths, self.list_format, thresholds=self.thresholds,
+                                        hamming_strategy=self.hamming_strategy)
 
 
 def add_matches(record: dict, matches: list[dict]) -> dict:
@@ -1039,9 +1024,7 @@ class MatchTakedown(beam.PTransform):
         lists: Sequence[str] | beam.pvalue.PCollection,
         *,
         list_format: str | None = None,
-        pdq_max_distance: float = DEFAULT_PDQ_MAX_DISTANCE,
-        phash_max_distance: float = DEFAULT_PHASH_MAX_DISTANCE,
-        clip_min_cosine: float = DEFAULT_CLIP_MIN_COSINE,
+        thresholds: signals.Thresholds | None = None,
         hamming_strategy: str = "auto",
         min_batch_size: int = 64,
         max_batch_size: int = 1024,
@@ -1058,9 +1041,7 @@ class MatchTakedown(beam.PTransform):
         self._spec = IndexSpec(
             paths=static,
             list_format=list_format,
-            pdq_max_distance=pdq_max_distance,
-            phash_max_distance=phash_max_distance,
-            clip_min_cosine=clip_min_cosine,
+            thresholds=thresholds if thresholds is not None else signals.Thresholds(),
             hamming_strategy=hamming_strategy,
         )
         self._min_batch_size = min_batch_size
