@@ -50,6 +50,7 @@ class HostileServer:
       /empty                   image/jpeg with a zero-byte body
       /endless                 a chunked image/jpeg that never ends
       /big?size=N              N bytes of image/jpeg with an honest Content-Length
+      /chunked?size=N          N bytes of image/jpeg, chunked: no Content-Length to refuse early
       /noai                    ``X-Robots-Tag: noai`` with a 1 MiB image body, sent slowly
       /robots?tag=VALUE        a PNG with ``X-Robots-Tag: VALUE``
       /bomb.png                a 20000 x 20000 PNG of a few tens of KiB
@@ -58,7 +59,7 @@ class HostileServer:
     ``request_times`` the same as (path, ``time.monotonic()`` at arrival), so tests can
     tell how long a client waited between attempts.
     ``body_bytes_sent[path]`` counts body bytes written by the streaming routes
-    (/noai, /endless, /big), ``completed`` their responses that sent the whole body,
+    (/noai, /endless, /big, /chunked), ``completed`` their responses that sent the whole body,
     ``disconnected`` those the client hung up on mid-body.
     """
 
@@ -179,6 +180,7 @@ class HostileServer:
                 web.get("/empty", self._empty),
                 web.get("/endless", self._endless),
                 web.get("/big", self._big),
+                web.get("/chunked", self._chunked),
                 web.get("/noai", self._noai),
                 web.get("/robots", self._robots),
                 web.get("/bomb.png", self._bomb_png),
@@ -331,6 +333,12 @@ class HostileServer:
         response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
         response.content_length = size
         return await self._stream(request, response, size, 0)
+
+    async def _chunked(self, request: web.Request) -> web.StreamResponse:
+        size = int(request.query.get("size", str(1 << 20)))
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        response.enable_chunked_encoding()
+        return await self._stream(request, response, size, 0.001)
 
     async def _noai(self, request: web.Request) -> web.StreamResponse:
         size = 1 << 20

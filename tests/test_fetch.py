@@ -511,3 +511,16 @@ def test_fetch_as_completed_yields_each_position_once_fastest_first(server: Host
     assert sorted(i for i, _ in order) == [0, 1, 2]
     assert order[-1][0] == 0 and order[-1][1].status == "timeout"
     assert {i: r.status for i, r in order} == {0: "timeout", 1: "http_error", 2: "ok"}
+
+
+def test_undeclared_body_over_max_bytes_is_cut_while_streaming(server: HostileServer) -> None:
+    # No Content-Length to refuse early: the cap must hold as the bytes arrive.
+    settings = replace(LOCAL, max_bytes=100_000)
+    path = "/chunked?size=400000"
+    result = fetch(server, path, settings)
+    assert result.status == "too_large" and result.body is None
+    assert "body over 100000 bytes" in result.error
+    assert server.wait_for(lambda: server.disconnected["/chunked"] >= 1)
+    assert server.body_bytes_sent["/chunked"] < 400_000
+    within = fetch(server, "/chunked?size=60000", settings)
+    assert within.status == "ok" and len(within.body) == 60_000
