@@ -9,21 +9,23 @@ import random
 import pytest
 import yaml
 
+from transforms.caption_terms import (
+    REQUIRED_LANGUAGES,
+    CaptionTermsError,
+    fold_text,
+    load_caption_terms,
+    parse_caption_terms,
+)
 from transforms.captions import (
     CAPTION_FLAGS,
     MAX_CAPTION_CHARS,
     NAME_TERM_WINDOW,
-    REQUIRED_LANGUAGES,
     CaptionScanner,
-    CaptionTermsError,
     _cpf_valid,
     _dni_valid,
     _insee_valid,
     caption_flags,
     caption_flags_batch,
-    fold_text,
-    load_caption_terms,
-    parse_caption_terms,
 )
 
 
