@@ -70,7 +70,7 @@ def model_summary(config: AuditConfig) -> dict:
         return {"model": f"precomputed:{embedding.model}", "embeddings_from": embedding.precomputed}
     if not embedding.enabled:
         return {"model": None}
-    from transforms.embed import model_id_of
+    from transforms.clip_model import model_id_of
 
     summary = {"model": model_id_of(embedding.model, embedding.pretrained)}
     if embedding.pretrained is None:
@@ -91,7 +91,7 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
     embedding = config.embedding
     records = rows
     if embedding.precomputed:
-        from transforms.embed import AttachPrecomputedEmbeddings
+        from transforms.precomputed import AttachPrecomputedEmbeddings
 
         # Before the Reshuffle: rows still come in file order, so shard reads stay sequential.
         records = records | "AttachPrecomputed" >> AttachPrecomputedEmbeddings(embedding.precomputed, embedding.model)

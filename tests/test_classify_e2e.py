@@ -14,8 +14,8 @@ from pipelines.config import ConfigError, parse_config
 from scripts.sample_images import make_photo_jpeg
 from tests.conftest import laion_table
 from tests.hostile_server import HostileServer
+from tests.laion_layout import write_laion_layout
 from transforms.classify import load_categories
-from transforms.embed import write_laion_layout
 
 DEFAULT_CATEGORIES = {"medical_clinical", "medical_scan", "nudity", "face", "child", "id_document"}
 def _audit_rows(output: str) -> list[dict]:

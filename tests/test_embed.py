@@ -13,18 +13,17 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from scripts.sample_images import make_photo_jpeg
 from tests.conftest import laion_table
-from transforms.embed import (
+from tests.laion_layout import write_laion_layout
+from transforms.clip_model import load_clip
+from transforms.embed import EmbedImages, OpenClipImageHandler
+from transforms.hashing import hash_record
+from transforms.precomputed import (
     AttachPrecomputedEmbeddings,
-    EmbedImages,
     NpyRows,
-    OpenClipImageHandler,
     PrecomputedLayoutError,
     attach_precomputed,
-    load_clip,
     precomputed_shards,
-    write_laion_layout,
 )
-from transforms.hashing import hash_record
 from transforms.read import DatasetSpec, ReadDataset
 from transforms.records import embedding_row, new_record
 
@@ -138,7 +137,7 @@ def test_local_checkpoint_path_loads_those_weights(tmp_path, clip, caplog):
     path = tmp_path / "flipped.pt"
     torch.save(state, path)
 
-    with caplog.at_level(logging.WARNING, logger="transforms.embed"):
+    with caplog.at_level(logging.WARNING, logger="transforms.clip_model"):
         model, preprocess, tokenizer, model_id = load_clip(SMALL_MODEL, str(path), "cpu")
     assert model_id == f"{SMALL_MODEL}/{path}"
     assert "random weights" not in caplog.text
@@ -154,7 +153,7 @@ def test_local_checkpoint_path_loads_those_weights(tmp_path, clip, caplog):
 def test_vit_b32_random_weights_warn_and_embed_512_d(caplog):
     # load_clip itself: the handler's model may already be loaded (and shared) by an
     # earlier test in this process, and a shared model is not loaded, nor announced, twice.
-    with caplog.at_level(logging.WARNING, logger="transforms.embed"):
+    with caplog.at_level(logging.WARNING, logger="transforms.clip_model"):
         _, _, _, model_id = load_clip("ViT-B-32", None, "cpu")
     assert "ViT-B-32/random-init: random weights: scores are meaningless" in caplog.text
     assert model_id == "ViT-B-32/random-init"

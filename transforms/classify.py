@@ -40,7 +40,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from transforms.categories import DEFAULT_CATEGORIES, CategoryError, CategorySpec, load_categories
-from transforms.embed import ClipSpec, LoadedClip, encode_texts, logit_scale_of, shared_clip
+from transforms.clip_model import ClipSpec, LoadedClip, encode_texts, logit_scale_of, shared_clip
 
 
 _KERAS_EPSILON = 1e-7
