@@ -23,7 +23,7 @@ from pipelines.config import AuditConfig, ConfigError, policy_names
 from pipelines.runners import make_options, make_runner
 from transforms.captions import FlagCaptions
 from transforms.clean import WriteCleanDataset
-from transforms.fetch import Fetch, FetchSettings
+from transforms.fetch import Fetch
 from transforms.hashing import HashImages
 from transforms.policy import DecideAction
 from transforms.read import DatasetSpec, ReadDataset, check_dataset, match_inputs, source_names
@@ -41,14 +41,6 @@ from transforms.write import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def fetch_settings(config: AuditConfig) -> FetchSettings:
-    fields = {f.name for f in dataclasses.fields(FetchSettings)}
-    values = {k: v for k, v in config.fetch.model_dump().items() if k in fields and v is not None}
-    values["min_batch_size"] = min(16, config.fetch.batch_size)
-    values["max_batch_size"] = config.fetch.batch_size
-    return FetchSettings(**values)
 
 
 def _mark_not_fetched(record: dict) -> dict:
@@ -99,7 +91,7 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
     if config.fetch.enabled:
         records = (
             records
-            | "Fetch" >> Fetch(fetch_settings(config))
+            | "Fetch" >> Fetch.from_config(config.fetch)
             | "DecodeAndHash"
             >> HashImages(config.fetch.max_pixels, keep_image=embedding.enabled and not embedding.precomputed)
         )

@@ -13,6 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+# The fetch section is the fetch stage's own settings (keys, defaults, checks): a light
+# module, so loading a config imports neither aiohttp nor Beam.
+from transforms.fetch_settings import FetchSettings
+
 REMOTE_SCHEMES = ("gs://", "s3://", "http://", "https://", "hdfs://")
 
 
@@ -48,24 +52,6 @@ class OutputConfig(_Section):
     path: str
     write_embeddings: bool = False
     num_shards: int = Field(default=0, ge=0)  # 0: let the runner decide
-
-
-class FetchConfig(_Section):
-    enabled: bool = True
-    concurrency: int = Field(default=64, gt=0)
-    per_host: int = Field(default=8, gt=0)
-    timeout_s: float = Field(default=20.0, gt=0)
-    connect_timeout_s: float = Field(default=5.0, gt=0)
-    retries: int = Field(default=2, ge=0)
-    backoff_base_s: float = Field(default=0.5, ge=0)
-    backoff_max_s: float = Field(default=30.0, ge=0)
-    max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
-    max_redirects: int = Field(default=5, ge=0)
-    max_pixels: int = Field(default=40_000_000, gt=0)  # decompression-bomb cap, checked before decoding
-    allow_private_networks: bool = False
-    respect_opt_out: bool = True
-    user_agent: str | None = None
-    batch_size: int = Field(default=128, gt=0)
 
 
 class TakedownConfig(_Section):
@@ -131,7 +117,7 @@ class RunnerConfig(_Section):
 class AuditConfig(_Section):
     dataset: DatasetConfig
     output: OutputConfig
-    fetch: FetchConfig = Field(default_factory=FetchConfig)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
     takedown: TakedownConfig = Field(default_factory=TakedownConfig)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
@@ -177,7 +163,7 @@ def apply_override(data: dict, assignment: str) -> None:
 def _one_line(err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
+    if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # model, dataclass
         return f"{key}: unknown key"
     if first["type"] == "missing":
         return f"{key}: required key is missing"

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from pipelines.config import ConfigError, apply_override, load_config, parse_config
+from transforms.fetch_settings import DEFAULT_USER_AGENT, FetchSettings
 
 
 def _base(tmp_path):
@@ -47,6 +48,31 @@ def test_bad_values_name_the_key(tmp_path, patch, message):
         parse_config(data)
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
+
+
+def test_fetch_section_is_the_fetch_stage_settings(tmp_path):
+    config = parse_config(_base(tmp_path))
+    assert type(config.fetch) is FetchSettings
+    assert config.fetch == FetchSettings()
+    # Beam batches: at most batch_size URLs, at least 16 (or batch_size when smaller).
+    assert (config.fetch.min_batch_size, config.fetch.max_batch_size) == (16, 128)
+    data = _base(tmp_path)
+    data["fetch"] = {"batch_size": 8, "user_agent": None, "allowed_private_hosts": "mirror:8080"}
+    fetch = parse_config(data).fetch
+    assert (fetch.min_batch_size, fetch.max_batch_size) == (8, 8)
+    assert fetch.user_agent == DEFAULT_USER_AGENT
+    assert fetch.allowed_private_hosts == ("mirror:8080",)
+
+
+def test_fetch_settings_built_directly_are_checked_like_the_config():
+    with pytest.raises(ValueError, match="concurrency"):
+        FetchSettings(concurrency=0)
+    with pytest.raises(ValueError, match="timout_s"):
+        FetchSettings(timout_s=3)
+    settings = FetchSettings()
+    settings.enabled = False
+    with pytest.raises(ValueError, match="retries"):
+        settings.retries = -1
 
 
 def test_missing_input_file_is_a_config_error(tmp_path):

@@ -44,8 +44,7 @@ LOCAL = FetchSettings(
     backoff_base_s=0.01,
     backoff_max_s=5,
     max_bytes=4 * 1024 * 1024,
-    min_batch_size=2,
-    max_batch_size=8,
+    batch_size=8,
 )
 GUARDED = FetchSettings(timeout_s=2, connect_timeout_s=1, retries=1, backoff_base_s=0.01)
 

@@ -7,7 +7,8 @@ dropped connections with capped exponential backoff (a timeout is final: a dead 
 must not hold a batch open for several timeouts), honours ``X-Robots-Tag: noai`` before
 reading a body, and stops reading at ``max_bytes``. `Fetcher` runs one event loop and
 one aiohttp session on a daemon thread so synchronous code (Beam workers, the CLI) can
-submit whole batches; `Fetch` is the Beam transform the pipelines use.
+submit whole batches; `Fetch` is the Beam transform the pipelines use, built from the
+config's ``fetch`` section, which is a `FetchSettings` (transforms/fetch_settings.py).
 """
 from __future__ import annotations
 
@@ -29,55 +30,14 @@ from apache_beam.metrics import Metrics
 from yarl import URL
 
 from transforms import records
+from transforms.fetch_settings import FetchSettings
 from transforms.netguard import BlockedAddressError, GuardedResolver, check_url
 
-DEFAULT_USER_AGENT = (
-    "laion-audit/0.1 (+https://github.com/laion-audit/laion-audit; dataset audit; "
-    "honours X-Robots-Tag noai)"
-)
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 AI_OPT_OUT_DIRECTIVES = ("noai", "noimageai")
 _OPT_OUT_PATTERN = re.compile(r"(?<![\w-])(noai|noimageai)(?![\w-])", re.IGNORECASE)
 _READ_CHUNK = 64 * 1024
 _MAX_ERROR_CHARS = 200
-
-
-@dataclass(frozen=True)
-class FetchSettings:
-    """How the fetcher behaves; the config module builds this by keyword."""
-
-    concurrency: int = 64  # requests in flight overall (per Fetcher, i.e. per worker)
-    per_host: int = 8  # requests in flight to one host
-    timeout_s: float = 20.0  # one attempt: connect, headers and body
-    connect_timeout_s: float = 5.0
-    retries: int = 2  # extra attempts after 429 / 5xx / connection errors (not timeouts)
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 30.0  # a longer Retry-After gives up instead of sleeping
-    max_bytes: int = 20 * 1024 * 1024
-    max_redirects: int = 5
-    allow_private_networks: bool = False  # True only for tests / trusted local hosts
-    # "host" or "host:port" let through the address guard (e.g. an internal mirror).
-    allowed_private_hosts: tuple[str, ...] = ()
-    respect_opt_out: bool = True
-    user_agent: str = DEFAULT_USER_AGENT
-    min_batch_size: int = 16
-    max_batch_size: int = 256
-    dns_cache_ttl_s: int = 300
-
-    def __post_init__(self) -> None:
-        # Lists from YAML become tuples so settings stay hashable and picklable.
-        object.__setattr__(self, "allowed_private_hosts", tuple(self.allowed_private_hosts))
-        for name in ("concurrency", "per_host", "max_bytes", "min_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"FetchSettings.{name} must be >= 1")
-        for name in ("retries", "max_redirects"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"FetchSettings.{name} must be >= 0")
-        for name in ("timeout_s", "connect_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"FetchSettings.{name} must be > 0")
-        if self.max_batch_size < self.min_batch_size:
-            raise ValueError("FetchSettings.max_batch_size must be >= min_batch_size")
 
 
 @dataclass
@@ -601,6 +561,11 @@ class Fetch(beam.PTransform):
     def __init__(self, settings: FetchSettings | None = None, label: str | None = None) -> None:
         super().__init__(label)
         self._settings = settings or FetchSettings()
+
+    @classmethod
+    def from_config(cls, cfg: FetchSettings) -> Fetch:
+        """From the config's ``fetch`` section, used as it is: it is the settings."""
+        return cls(cfg)
 
     def expand(self, pcoll):  # type: ignore[no-untyped-def]
         s = self._settings

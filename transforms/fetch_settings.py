@@ -1,0 +1,73 @@
+"""Fetch settings: the ``fetch`` section of a run config is what the fetcher runs by.
+
+One definition, used twice: pipelines/config.py types ``AuditConfig.fetch`` with
+`FetchSettings`, and the pipeline hands that same value to ``Fetch``. Each setting's
+YAML key, default and range check are written here once, so a new fetch setting is one
+new field. It is a pydantic dataclass, so building one by keyword (tests, scripts) runs
+the same checks as loading a config and refuses unknown names, and a config's ``--set
+fetch.KEY=VALUE`` is checked like any other key.
+
+This module imports nothing but pydantic: checking a config must stay light, and
+transforms/fetch.py pulls in aiohttp and Beam.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ConfigDict, Field, field_validator
+from pydantic.dataclasses import dataclass
+
+DEFAULT_USER_AGENT = (
+    "laion-audit/0.1 (+https://github.com/laion-audit/laion-audit; dataset audit; "
+    "honours X-Robots-Tag noai)"
+)
+# Batches of URLs are at least this big (or batch_size, when that is smaller).
+MIN_BATCH_SIZE = 16
+
+
+@dataclass(config=ConfigDict(extra="forbid", validate_assignment=True))
+class FetchSettings:
+    """How the fetch stage behaves; every field is a ``fetch.*`` config key."""
+
+    enabled: bool = True  # false: nothing is fetched, rows get status not_fetched
+    concurrency: int = Field(default=64, gt=0)  # requests in flight per Fetcher (per worker)
+    per_host: int = Field(default=8, gt=0)  # requests in flight to one host
+    timeout_s: float = Field(default=20.0, gt=0)  # one attempt: connect, headers and body
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Extra attempts after 429 / 5xx / connection errors (not timeouts).
+    retries: int = Field(default=2, ge=0)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)  # a longer Retry-After gives up instead
+    max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_redirects: int = Field(default=5, ge=0)
+    # Decompression-bomb cap, checked by the decode stage (transforms/hashing.py) before
+    # decoding.
+    max_pixels: int = Field(default=40_000_000, gt=0)
+    allow_private_networks: bool = False  # true only for tests / trusted local hosts
+    # "host" or "host:port" let through the address guard (e.g. an internal mirror).
+    allowed_private_hosts: tuple[str, ...] = ()
+    respect_opt_out: bool = True
+    user_agent: str = DEFAULT_USER_AGENT  # null: this default
+    batch_size: int = Field(default=128, gt=0)  # URLs fetched together (the most per batch)
+    dns_cache_ttl_s: int = Field(default=300, ge=0)
+
+    @field_validator("allowed_private_hosts", mode="before")
+    @classmethod
+    def _hosts_as_list(cls, value: Any) -> Any:
+        # Like every list key: one string is a list of one, null an empty list.
+        if value is None:
+            return ()
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("user_agent", mode="before")
+    @classmethod
+    def _default_user_agent(cls, value: Any) -> Any:
+        return DEFAULT_USER_AGENT if value is None else value
+
+    @property
+    def min_batch_size(self) -> int:
+        return min(MIN_BATCH_SIZE, self.batch_size)
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.batch_size
