@@ -63,8 +63,8 @@ class TakedownConfig(_Section):
     _lists_as_list = field_validator("lists", mode="before")(_as_list)
 
     def thresholds(self):
-        """The three keys as the one value matching takes (transforms.signals.Thresholds)."""
-        from transforms.signals import Thresholds  # imported here: config checks stay light
+        """The three keys as the one value matching takes (transforms.takedown.kinds.Thresholds)."""
+        from transforms.takedown.kinds import Thresholds  # imported here: config checks stay light
 
         return Thresholds(pdq=self.pdq_max_distance, phash=self.phash_max_distance, clip=self.clip_min_cosine)
 
@@ -198,13 +198,13 @@ def policy_names(config: AuditConfig) -> set[str]:
     """Names a policy expression may use: categories, caption flags, match kinds."""
     from transforms.captions import CAPTION_FLAGS
     from transforms.categories import load_categories
-    from transforms.signals import SIGNAL_TYPES
+    from transforms.takedown.kinds import KINDS
 
     try:
         categories = load_categories(config.classify.categories)
     except (OSError, ValueError) as err:
         raise ConfigError(f"classify.categories: {err}".splitlines()[0]) from None
-    return {c.name for c in categories} | set(CAPTION_FLAGS) | set(SIGNAL_TYPES)
+    return {c.name for c in categories} | set(CAPTION_FLAGS) | set(KINDS)
 
 
 def _check_policies(config: AuditConfig) -> None:

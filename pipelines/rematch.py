@@ -27,8 +27,7 @@ from transforms.clean import WriteCleanDataset
 from transforms.read import DatasetSpec, match_inputs, source_names
 from transforms.records import AUDIT_SCHEMA
 from transforms.policy import Policy, compile_policies, decide
-from transforms.signals import Thresholds
-from transforms.takedown import IndexSpec, TakedownIndex, load_lists
+from transforms.takedown import IndexSpec, TakedownIndex, Thresholds, kind_of, load_lists
 from transforms.write import (
     SummaryFn,
     WriteRemovals,
@@ -169,7 +168,7 @@ def plan_rematch(audit_dir: str, lists: list[str], out_dir: str, inputs: list[st
     # `thresholds` by kind (pdq=, phash=, clip=); None keeps the audit's own.
     settings = Thresholds(previous.get("thresholds") or {}).replace(**thresholds)
     warnings = []
-    clip_entries = sum(1 for e in load_lists(lists) if e.kind == "clip")
+    clip_entries = sum(1 for e in load_lists(lists) if kind_of(e.kind).needs_embedding)
     if clip_entries:
         warnings.append(f"{clip_entries} clip entries are not matched: an audit keeps no embeddings")
     return RematchPlan(audit_dir, list(lists), out_dir, inputs, spec,

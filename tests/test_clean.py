@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import laion_table
 from transforms.clean import _CleanFiles, clean_file, drop_by_row_id, drop_by_url_sha256
 from transforms.read import DatasetError, DatasetSpec, ReadUnit, format_of, read_unit_columns, records_of_block
-from transforms.signals import url_sha256_of
+from transforms.urls import url_sha256_of
 
 
 def test_parquet_clean_keeps_schema_and_drops_exact_rows(tmp_path):

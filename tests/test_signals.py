@@ -11,20 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from transforms import hashing, signals
-from transforms.signals import (
-    KINDS,
-    SIGNAL_TYPES,
-    PdqSignal,
-    SignalType,
-    clip_from_value,
-    clip_to_value,
-    hamming_hex,
-    hex_to_bits_uint8,
-    normalize_url,
-    signal_type,
-    url_sha256_of,
-)
+from transforms import hashing
+from transforms.takedown.kinds import KINDS, Kind, PdqKind, Thresholds, kind_of
+from transforms.takedown.values import clip_from_value, clip_to_value, hamming_hex, hex_to_bits_uint8
+from transforms.urls import normalize_url, url_sha256_of
 
 
 def scene(seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
@@ -50,25 +40,25 @@ def jpeg(img: Image.Image, quality: int = 90) -> bytes:
 
 def test_registry_has_one_signal_type_per_kind():
     assert set(KINDS) == {"url", "url_sha256", "md5", "sha256", "pdq", "phash", "clip"}
-    for kind, signal in SIGNAL_TYPES.items():
-        assert isinstance(signal, SignalType)
+    for kind, signal in KINDS.items():
+        assert isinstance(signal, Kind)
         assert signal.name == kind
-        assert signal_type(kind) is signal
-    assert signal_type(" PDQ ") is SIGNAL_TYPES["pdq"]
-    exact = {k for k, s in SIGNAL_TYPES.items() if s.exact}
+        assert kind_of(kind) is signal
+    assert kind_of(" PDQ ") is KINDS["pdq"]
+    exact = {k for k, s in KINDS.items() if s.exact}
     assert exact == {"url", "url_sha256", "md5", "sha256"}
 
 
 def test_unknown_kind_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown kind 'tlsh'; known: url, url_sha256, md5"):
-        signal_type("tlsh")
+        kind_of("tlsh")
 
 
 def test_default_thresholds():
-    assert signal_type("pdq").default_threshold == 31
-    assert signal_type("phash").default_threshold == 8
-    assert signal_type("clip").default_threshold == pytest.approx(0.9)
-    assert all(SIGNAL_TYPES[k].default_threshold is None for k in ("url", "md5", "sha256", "url_sha256"))
+    assert kind_of("pdq").default_threshold == 31
+    assert kind_of("phash").default_threshold == 8
+    assert kind_of("clip").default_threshold == pytest.approx(0.9)
+    assert all(KINDS[k].default_threshold is None for k in ("url", "md5", "sha256", "url_sha256"))
 
 
 # ------------------------------------------------------------------------- validation
@@ -79,7 +69,7 @@ def test_default_thresholds():
 )
 def test_hex_kinds_normalise_case_and_blanks(kind, digits):
     value = "Ab" * (digits // 2)
-    assert signal_type(kind).validate(f"  {value}\n") == value.lower()
+    assert kind_of(kind).validate(f"  {value}\n") == value.lower()
 
 
 @pytest.mark.parametrize(
@@ -106,13 +96,13 @@ def test_hex_kinds_normalise_case_and_blanks(kind, digits):
 )
 def test_validation_errors_say_what_is_wrong(kind, value, message):
     with pytest.raises(ValueError, match=message):
-        signal_type(kind).validate(value)
+        kind_of(kind).validate(value)
 
 
 def test_validation_errors_do_not_echo_the_value():
     secret = "f00d" * 15 + "zzzz"
     with pytest.raises(ValueError) as err:
-        signal_type("pdq").validate(secret)
+        kind_of("pdq").validate(secret)
     assert secret not in str(err.value) and "f00d" not in str(err.value)
 
 
@@ -140,7 +130,7 @@ def test_validation_errors_do_not_echo_the_value():
 def test_url_normalisation(raw, normalised):
     assert normalize_url(raw) == normalised
     assert normalize_url(normalised) == normalised  # idempotent
-    assert signal_type("url").validate(raw) == normalised
+    assert kind_of("url").validate(raw) == normalised
 
 
 def test_url_sha256_is_of_the_normalised_url():
@@ -150,7 +140,7 @@ def test_url_sha256_is_of_the_normalised_url():
     assert url_sha256_of("https://example.com/IMG.jpg") != a  # paths are case-sensitive
     assert url_sha256_of("not a url ") == hashlib.sha256(b"not a url").hexdigest()
     assert url_sha256_of(None) is None
-    assert signal_type("url_sha256").validate(a.upper()) == a
+    assert kind_of("url_sha256").validate(a.upper()) == a
 
 
 # ---------------------------------------------------------------------- record values
@@ -167,17 +157,17 @@ def test_record_values_per_kind():
         "phash": "23" * 8,
         "_embedding": emb,
     }
-    assert signal_type("url").record_value(record) == "http://example.com/a.jpg"
-    assert signal_type("url_sha256").record_value(record) == "ab" * 32
-    assert signal_type("md5").record_value(record) == "cd" * 16
-    assert signal_type("sha256").record_value(record) == "ef" * 32
-    assert signal_type("pdq").record_value(record) == "01" * 32
-    assert signal_type("phash").record_value(record) == "23" * 8
-    np.testing.assert_allclose(signal_type("clip").record_value(record), [0.6, 0.8], rtol=1e-6)
+    assert kind_of("url").record_value(record) == "http://example.com/a.jpg"
+    assert kind_of("url_sha256").record_value(record) == "ab" * 32
+    assert kind_of("md5").record_value(record) == "cd" * 16
+    assert kind_of("sha256").record_value(record) == "ef" * 32
+    assert kind_of("pdq").record_value(record) == "01" * 32
+    assert kind_of("phash").record_value(record) == "23" * 8
+    np.testing.assert_allclose(kind_of("clip").record_value(record), [0.6, 0.8], rtol=1e-6)
 
     empty = {"url": "no scheme", "pdq": None, "content_md5": None}
     for kind in KINDS:
-        assert signal_type(kind).record_value(empty) is None, kind
+        assert kind_of(kind).record_value(empty) is None, kind
 
 
 # ---------------------------------------------------------------------------- distances
@@ -203,7 +193,7 @@ def test_hamming_hex_and_packed_bits_agree_with_faiss():
 
 
 def test_distance_kinds_compare_with_their_thresholds():
-    pdq = signal_type("pdq")
+    pdq = kind_of("pdq")
     a = "0" * 64
     b31 = f"{(1 << 31) - 1:064x}"  # 31 bits set
     b32 = f"{(1 << 32) - 1:064x}"
@@ -211,22 +201,26 @@ def test_distance_kinds_compare_with_their_thresholds():
     assert pdq.matches(a, b31) and not pdq.matches(a, b32)
     assert pdq.matches(a, b32, threshold=32)
 
-    phash = signal_type("phash")
+    phash = kind_of("phash")
     assert phash.matches("0" * 16, "00000000000000ff") and not phash.matches("0" * 16, "00000000000001ff")
 
-    md5 = signal_type("md5")
+    md5 = kind_of("md5")
     assert md5.distance("a" * 32, "a" * 32) == 0 and md5.matches("a" * 32, "a" * 32)
     assert math.isinf(md5.distance("a" * 32, "b" * 32)) and not md5.matches("a" * 32, "b" * 32)
 
 
-def test_clip_distance_is_cosine_similarity_and_higher_is_closer():
-    clip = signal_type("clip")
+def test_clip_cosine_is_the_similarity_and_distance_is_one_minus_it():
+    clip = kind_of("clip")
     x = clip_to_value([1.0, 0.0, 0.0])
     near = clip_to_value([0.95, 0.3, 0.0])
     far = clip_to_value([0.0, 1.0, 0.0])
-    assert clip.distance(x, x) == pytest.approx(1.0)
-    assert clip.distance(x, far) == pytest.approx(0.0, abs=1e-7)
-    assert clip.distance(x, np.array([0.95, 0.3, 0.0])) == pytest.approx(0.95 / math.hypot(0.95, 0.3), rel=1e-6)
+    assert clip.cosine(x, x) == pytest.approx(1.0)
+    assert clip.cosine(x, far) == pytest.approx(0.0, abs=1e-7)
+    assert clip.cosine(x, np.array([0.95, 0.3, 0.0])) == pytest.approx(0.95 / math.hypot(0.95, 0.3), rel=1e-6)
+    # distance means what matches.distance means: 1 - cosine, smaller is closer
+    assert clip.distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    assert clip.distance(x, far) == pytest.approx(1.0)
+    assert clip.distance(x, near) == pytest.approx(1 - clip.cosine(x, near), abs=1e-6)
     assert clip.matches(x, near) and not clip.matches(x, far)
     assert not clip.matches(x, near, threshold=0.99)
     with pytest.raises(ValueError, match="3 and 2 dimensions"):
@@ -244,7 +238,7 @@ def test_clip_value_round_trip_is_unit_float32_base64():
     np.testing.assert_allclose(back, vec / np.linalg.norm(vec), rtol=1e-5, atol=1e-7)
     assert np.linalg.norm(back) == pytest.approx(1.0, abs=1e-6)
     assert clip_to_value(back) == value
-    assert signal_type("clip").validate(base64.b64encode(vec.astype("<f4").tobytes()).decode()) == value
+    assert kind_of("clip").validate(base64.b64encode(vec.astype("<f4").tobytes()).decode()) == value
 
 
 # ----------------------------------------------------------------------------- photos
@@ -257,7 +251,7 @@ def test_photo_hashes_equal_the_audit_hashes(tmp_path):
     audit = hashing.hash_record({"status": "ok", "_body": data})
     for kind, column in (("md5", "content_md5"), ("sha256", "content_sha256"),
                          ("pdq", "pdq"), ("phash", "phash")):
-        signal = signal_type(kind)
+        signal = kind_of(kind)
         assert signal.can_hash_photo
         assert signal.from_photo(data) == [audit[column]], kind
         assert signal.from_photo(path) == [audit[column]], kind
@@ -266,21 +260,21 @@ def test_photo_hashes_equal_the_audit_hashes(tmp_path):
 
 def test_pdq_from_photo_with_flips_matches_a_mirrored_copy():
     img = scene(3)
-    variants = signal_type("pdq").from_photo(jpeg(img), flips=True)
+    variants = kind_of("pdq").from_photo(jpeg(img), flips=True)
     assert 2 <= len(variants) <= 8
     mirrored = hashing.hash_record({"status": "ok", "_body": jpeg(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))})
-    pdq = signal_type("pdq")
+    pdq = kind_of("pdq")
     assert min(pdq.distance(v, mirrored["pdq"]) for v in variants) <= 31
 
 
 def test_pdq_from_a_flat_photo_is_refused():
     with pytest.raises(ValueError, match=r"PDQ quality 0 is below 50"):
-        PdqSignal().from_photo(jpeg(Image.new("RGB", (300, 300), (120, 120, 120))))
+        PdqKind().from_photo(jpeg(Image.new("RGB", (300, 300), (120, 120, 120))))
 
 
 def test_kinds_without_a_photo_hash_say_so():
     for kind in ("url", "url_sha256", "clip"):
-        signal = signal_type(kind)
+        signal = kind_of(kind)
         assert not signal.can_hash_photo
         with pytest.raises(NotImplementedError, match=f"kind '{kind}' cannot be computed from a photo"):
             signal.from_photo(b"\xff\xd8")
@@ -288,19 +282,19 @@ def test_kinds_without_a_photo_hash_say_so():
 
 def test_photo_that_is_not_an_image_raises_the_hashing_error():
     with pytest.raises(hashing.NotAnImage):
-        signal_type("pdq").from_photo(b"%PDF-1.7 not a photo")
+        kind_of("pdq").from_photo(b"%PDF-1.7 not a photo")
 
 
 def test_thresholds_default_to_each_kind_and_take_overrides():
-    defaults = signals.Thresholds()
+    defaults = Thresholds()
     assert defaults.to_dict() == {"pdq": 31.0, "phash": 8.0, "clip": 0.9}
     changed = defaults.replace(pdq=19, clip=None)
     assert changed.to_dict() == {"pdq": 19.0, "phash": 8.0, "clip": 0.9}
-    assert changed == signals.Thresholds({"pdq": 19}) and hash(changed) == hash(signals.Thresholds(pdq=19))
+    assert changed == Thresholds({"pdq": 19}) and hash(changed) == hash(Thresholds(pdq=19))
     assert changed != defaults
 
 
 @pytest.mark.parametrize("kind", ["md5", "url", "nope"])
 def test_thresholds_exist_only_for_distance_kinds(kind):
     with pytest.raises(ValueError, match=f"no threshold for kind '{kind}'"):
-        signals.Thresholds({kind: 1})
+        Thresholds({kind: 1})

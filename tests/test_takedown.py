@@ -11,18 +11,20 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from transforms import signals
-from transforms.signals import Thresholds
 from transforms.takedown import (
     MatchTakedown,
     TakedownEntry,
     TakedownIndex,
     TakedownListError,
+    Thresholds,
     add_matches,
+    clip_to_value,
+    hamming_hex,
     load_list,
     load_lists,
     write_list,
 )
+from transforms.urls import url_sha256_of
 
 
 def random_hex(rng: np.random.Generator, nbytes: int) -> str:
@@ -36,7 +38,7 @@ def flip_bits(value: str, count: int, rng: np.random.Generator) -> str:
     for bit in rng.choice(bits, size=count, replace=False):
         number ^= 1 << int(bit)
     out = f"{number:0{len(value)}x}"
-    assert signals.hamming_hex(out, value) == count
+    assert hamming_hex(out, value) == count
     return out
 
 
@@ -147,13 +149,13 @@ def test_url_normalisation_match():
 
 def test_url_entry_matches_a_row_known_only_by_its_url_hash():
     index = TakedownIndex([entry("u1", "url", "https://example.com/photo.jpg")])
-    sha = signals.url_sha256_of("HTTPS://EXAMPLE.com:443/photo.jpg")
+    sha = url_sha256_of("HTTPS://EXAMPLE.com:443/photo.jpg")
     results = index.match_columns({"url": [None, None], "url_sha256": [sha, "0" * 64]})
     assert [matched_ids(r) for r in results] == [{"u1"}, set()]
 
 
 def test_url_sha256_entry_matches_the_row_column_or_its_url():
-    sha = signals.url_sha256_of("http://example.com/x.png")
+    sha = url_sha256_of("http://example.com/x.png")
     index = TakedownIndex([entry("h1", "url_sha256", sha.upper())])
     by_column = index.match_columns({"url_sha256": [sha, None]})
     by_url = index.match_columns({"url": ["http://EXAMPLE.com/x.png#top", "http://example.com/y.png"]})
@@ -188,8 +190,8 @@ def test_clip_cosine_threshold_and_per_entry_minimum():
         return cos * u + np.sqrt(1 - cos * cos) * v
 
     index = TakedownIndex([
-        entry("default", "clip", signals.clip_to_value(a)),
-        entry("strict", "clip", signals.clip_to_value(c), max_distance=0.97),
+        entry("default", "clip", clip_to_value(a)),
+        entry("strict", "clip", clip_to_value(c), max_distance=0.97),
     ])
     rows = [at_cosine(a, b, 0.9), at_cosine(a, b, 0.89), at_cosine(c, d, 0.96), at_cosine(c, d, 0.975) * 3.0, None]
     results = index.match_columns({"_embedding": rows})
@@ -262,7 +264,7 @@ def sample_entries() -> list[TakedownEntry]:
         TakedownEntry("list-a", "e-5", "sha256", random_hex(rng, 32), None, None, None),
         TakedownEntry("list-a", "e-6", "url", "http://example.com/a", None, "a, \"quoted\" reason", None),
         TakedownEntry("list-a", "e-7", "url_sha256", random_hex(rng, 32), None, None, None),
-        TakedownEntry("list-a", "e-8", "clip", signals.clip_to_value(rng.normal(size=16)), 0.95, None, None),
+        TakedownEntry("list-a", "e-8", "clip", clip_to_value(rng.normal(size=16)), 0.95, None, None),
     ]
 
 

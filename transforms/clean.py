@@ -28,7 +28,7 @@ from transforms.read import (
     open_text,
     projected_columns,
 )
-from transforms.signals import url_sha256_of
+from transforms.urls import url_sha256_of
 from transforms.write import output_dir
 
 # (row ids, url values) of one block of rows -> which rows to drop

@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.records import new_record
-from transforms.signals import url_sha256_of
+from transforms.urls import url_sha256_of
 
 FORMATS = ("parquet", "csv", "tsv", "jsonl")
 _EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}

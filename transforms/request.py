@@ -1,7 +1,9 @@
 """Privacy-preserving takedown requests: a person's own photos in, a hashes-only list out.
 
-``laion-audit request PHOTO...`` runs on the person's own machine. For each photo it
-makes list entries (``transforms.takedown`` format) of:
+``laion-audit request PHOTO...`` runs on the person's own machine. For each photo,
+every registered kind that can be computed from it makes its list entries
+(``transforms.takedown`` format; ``Kind.photo_values`` in ``transforms.takedown.kinds``).
+With the built-in kinds these are:
 
 * ``md5`` and ``sha256`` of the file's bytes (exact copies),
 * ``phash`` and ``pdq`` of the pixels, computed by the audit's own path
@@ -21,29 +23,20 @@ exact hashes and pHash, which are still useful.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from transforms import hashing, signals
-from transforms.takedown import TakedownEntry, write_list
-
-PhotoInput = bytes | bytearray | memoryview | str | os.PathLike
+from transforms import hashing
+from transforms.takedown import KINDS, Photo, TakedownEntry, write_list
+from transforms.takedown.photos import PhotoInput, read_photo
 
 EMBEDDING_WARNING = (
     "the clip entries are image embeddings: an embedding reveals much more about a "
     "photo than a hash does (its content can be searched for and roughly described); "
     "send it only to a list operator you trust"
 )
-
-
-def _photo_bytes(photo: PhotoInput) -> bytes:
-    if isinstance(photo, (bytes, bytearray, memoryview)):
-        return bytes(photo)
-    with open(photo, "rb") as fh:
-        return fh.read()
 
 
 def request_entries(
@@ -55,52 +48,44 @@ def request_entries(
 ) -> tuple[list[TakedownEntry], list[str]]:
     """Takedown entries for the given photos (bytes or paths), and warnings for the person.
 
-    Photos are numbered from 1 in entry ids and warnings, in the order given. A photo
-    that does not decode still gives its md5 / sha256 entries, with a warning.
+    Every registered kind that can be computed from a photo alone contributes its
+    values (``Kind.photo_values``), and, with ``with_embedding``, every kind made from
+    an embedding, through ``embed_fn``. Photos are numbered from 1 in entry ids and
+    warnings, in the order given. A photo that does not decode still gives the entries
+    of the kinds that need only its bytes (md5 / sha256), with a warning.
     """
     list_id = (list_id or "").strip()
     if not list_id:
         raise ValueError("a takedown request needs a list_id")
     if with_embedding and embed_fn is None:
         raise ValueError("with_embedding needs an embed_fn (PIL image -> vector)")
+    kinds = [kind for kind in KINDS.values()
+             if kind.can_hash_photo or (with_embedding and kind.needs_embedding)]
     entries: list[TakedownEntry] = []
     warnings: list[str] = []
-
-    def add(number: int, kind: str, value: str, variant: str | None = None,
-            quality: int | None = None) -> None:
-        entry_id = f"{list_id}-{number}-{kind}" + (f"-{variant}" if variant else "")
-        entries.append(TakedownEntry(list_id=list_id, entry_id=entry_id, kind=kind, value=value,
-                                     max_distance=None, reason=reason, quality=quality))
-
     embedded = False
-    for number, photo in enumerate(photos, start=1):
-        data = _photo_bytes(photo)
-        md5_hex, sha256_hex = hashing.md5_sha256(data)
-        add(number, "md5", md5_hex)
-        add(number, "sha256", sha256_hex)
-        try:
-            decoded = hashing.decode_image(data)
-        except hashing.ImageError as err:
-            warnings.append(f"photo {number}: not usable as an image ({err.status}): only its "
-                            "exact-copy hashes (md5, sha256) are in the request")
-            continue
-        small = hashing.downscale_for_hashing(decoded.image)
-        add(number, "phash", hashing.phash_of(small))
-        variants = hashing.pdq_dihedral_of(small)
-        quality = variants[0][2]
-        seen: set[str] = set()
-        for name, value, _ in variants:
-            if value in seen:  # symmetric photos give equal hashes for some variants
+    for number, raw in enumerate(photos, start=1):
+        photo = Photo(read_photo(raw), embed_fn=embed_fn if with_embedding else None)
+        made: list[str] = []
+        unusable: hashing.ImageError | None = None
+        for kind in kinds:
+            try:
+                values = kind.photo_values(photo)
+            except hashing.ImageError as err:
+                unusable = err
                 continue
-            seen.add(value)
-            add(number, "pdq", value, variant=name, quality=quality)
-        if quality < signals.PDQ_MIN_QUALITY:
-            warnings.append(f"photo {number}: PDQ quality {quality} < {signals.PDQ_MIN_QUALITY}: "
-                            "too flat to match safely")
-        if with_embedding:
-            vector = np.asarray(embed_fn(small), dtype=np.float32).reshape(-1)
-            add(number, "clip", signals.clip_to_value(vector))
-            embedded = True
+            for value in values:
+                entry_id = f"{list_id}-{number}-{kind.name}" + (f"-{value.variant}" if value.variant else "")
+                entries.append(TakedownEntry(list_id=list_id, entry_id=entry_id, kind=kind.name,
+                                             value=value.value, max_distance=None, reason=reason,
+                                             quality=value.quality))
+            if values:
+                made.append(kind.name)
+                embedded = embedded or kind.needs_embedding
+            warnings.extend(f"photo {number}: {warning}" for warning in kind.photo_warnings(values))
+        if unusable is not None:
+            warnings.append(f"photo {number}: not usable as an image ({unusable.status}): only its "
+                            f"exact-copy hashes ({', '.join(made)}) are in the request")
     if embedded:
         warnings.append(EMBEDDING_WARNING)
     return entries, warnings
