@@ -2,12 +2,14 @@
 
     Read rows -> [attach published embeddings] -> Reshuffle -> Fetch -> Decode + hash
       -> Embed (RunInference) -> Classify -> Flag captions
-      -> Match takedown lists -> Decide -> Write audit / removals / published / clean /
-         review / embeddings / summary
+      -> Match takedown lists -> Decide -> [embeddings] -> tables of audit rows
+      -> the output tail (transforms/outputs.py): audit / review / removals / published /
+         clean / summary, the same tail `rematch` writes through
 
 `build_audit` adds the stages to a pipeline; `run_audit` builds, runs and checks a whole
 audit (rows in == rows audited, from the outputs and from Beam's metrics) and is what the
-CLI and the tests call.
+CLI and the tests call. A run's manifest (report/manifest.json, pipelines/manifest.py)
+is written at launch.
 """
 from __future__ import annotations
 
@@ -15,30 +17,31 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.config import AuditConfig, ConfigError, policy_names
+from pipelines.manifest import (
+    DatasetInfo,
+    ModelInfo,
+    PolicyInfo,
+    RunManifest,
+    config_sha256,
+    list_files,
+    now_utc,
+    package_version,
+    write_manifest,
+)
 from pipelines.runners import make_options, make_runner
 from transforms.captions import FlagCaptions
-from transforms.clean import WriteCleanDataset
 from transforms.fetch import Fetch
 from transforms.hashing import HashImages
 from transforms.policy import DecideAction
-from transforms.read import DatasetSpec, ReadDataset, check_dataset, match_inputs, source_names
-from transforms.write import (
-    WriteAudit,
-    WriteEmbeddings,
-    WriteRemovals,
-    WriteReview,
-    WriteSummary,
-    clear_outputs,
-    output_dir,
-    read_json,
-    summary_path,
-    write_json,
-)
+from transforms.outputs import RecordsToTables, WriteOutputs
+from transforms.read import DatasetSpec, ReadDataset, check_dataset, match_inputs
+from transforms.write import WriteEmbeddings, clear_outputs, read_json, summary_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +50,9 @@ def _mark_not_fetched(record: dict) -> dict:
     return {**record, "status": "not_fetched"} if record["status"] is None else record
 
 
-def _is_removed(record: dict) -> bool:
-    return record["action"] == "remove"
-
-
-def _is_for_review(record: dict) -> bool:
-    return record["action"] == "review"
-
-
 def model_summary(config: AuditConfig) -> dict:
-    """What the summary says of the embedding model; random weights are announced."""
+    """What the manifest says of the embedding model; random weights are announced (in
+    the summary too)."""
     embedding = config.embedding
     if embedding.precomputed:
         return {"model": f"precomputed:{embedding.model}", "embeddings_from": embedding.precomputed}
@@ -70,9 +66,34 @@ def model_summary(config: AuditConfig) -> dict:
     return summary
 
 
+def input_paths(config: AuditConfig) -> list[str]:
+    """The dataset's files; local ones absolute: the manifest records them for `rematch`,
+    run from anywhere."""
+    return [p if "://" in p else os.path.abspath(p) for p in match_inputs(config.dataset.input)]
+
+
+def audit_manifest(config: AuditConfig) -> RunManifest:
+    """The manifest of an audit run as `config` says (lists hashed here, at launch)."""
+    model = model_summary(config)
+    dataset = config.dataset
+    return RunManifest(
+        kind="audit",
+        rematch_of=None,
+        inputs=input_paths(config),
+        dataset=DatasetInfo(dataset.url_col, dataset.caption_col, dataset.id_col, dataset.format),
+        thresholds=config.takedown.thresholds().to_dict(),
+        policy=PolicyInfo(list(config.policy.remove_if), list(config.policy.review_if),
+                          sorted(policy_names(config))),
+        model=ModelInfo(model.get("model"), model.get("model_warning"), model.get("embeddings_from")),
+        takedown_lists=list_files(config.takedown.lists),
+        config_sha256=config_sha256(config),
+        laion_audit_version=package_version(),
+        written_at=now_utc(),
+    )
+
+
 def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
-    # Absolute local paths: the summary records them for `rematch`, run from anywhere.
-    paths = [p if "://" in p else os.path.abspath(p) for p in match_inputs(config.dataset.input)]
+    paths = input_paths(config)
     spec = DatasetSpec.from_config(config.dataset)
     names = policy_names(config)
     # Columns and formats are checked on this machine, before any work is launched.
@@ -119,33 +140,14 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
         config.policy.remove_if, config.policy.review_if, names
     )
 
-    records | "WriteAudit" >> WriteAudit(out, config.output.num_shards)
-    records | "Review" >> beam.Filter(_is_for_review) | "WriteReview" >> WriteReview(out)
     if config.output.write_embeddings:
         records | "WriteEmbeddings" >> WriteEmbeddings(out)
-    removed = records | "Removed" >> beam.Filter(_is_removed)
-    removed | "WriteRemovals" >> WriteRemovals(out)
-    (
-        removed
-        | "RemovedIds" >> beam.Map(lambda r: r["row_id"])
-        | "WriteClean" >> WriteCleanDataset(paths, source_names(paths), spec, output_dir(out, "clean"))
-    )
-    (records, rows) | "WriteSummary" >> WriteSummary(
-        out,
-        {
-            "inputs": paths,
-            "dataset": {"url_col": spec.url_col, "caption_col": spec.caption_col, "id_col": spec.id_col,
-                        "format": spec.format},
-            "takedown_lists": len(config.takedown.lists),
-            # What `rematch` needs to decide as this run did.
-            "thresholds": config.takedown.thresholds().to_dict(),
-            "policy": {
-                "remove_if": config.policy.remove_if,
-                "review_if": config.policy.review_if,
-                "names": sorted(names),
-            },
-            **model_summary(config),
-        },
+    tables = records | "ToTables" >> RecordsToTables()
+    rows_in = rows | "RowsIn" >> beam.combiners.Count.Globally()
+    warning = model_summary(config).get("model_warning")
+    (tables, rows_in) | "WriteOutputs" >> WriteOutputs(
+        out, dataset=paths, spec=spec, num_shards=config.output.num_shards,
+        summary_extra={"model_warning": warning} if warning else None,
     )
 
 
@@ -162,19 +164,24 @@ def counter(result, namespace: str, name: str) -> int:
     return sum(c.committed or c.attempted or 0 for c in found)
 
 
-def run_pipeline(config_runner, build, output_path: str | None = None) -> tuple[object, float]:
+def run_pipeline(config_runner, build, output_path: str | None = None,
+                 manifest: Callable[[], RunManifest] | None = None) -> tuple[object, float]:
     """Build with `build(pipeline)`, clear `output_path` of a previous run's outputs,
-    run to the end; return (result, wall seconds)."""
+    write the run's manifest there (`manifest()`, made once the build succeeded), run to
+    the end; return (result, wall seconds)."""
     started = time.monotonic()
     pipeline = beam.Pipeline(runner=make_runner(config_runner.name), options=make_options(config_runner.options))
     try:
         build(pipeline)
+        launched = manifest() if manifest is not None else None
     except ValueError as err:
         # Building reads what the config names (dataset columns, embedding layout,
         # categories, heads): a problem there is the config's, reported before any work.
         raise ConfigError(str(err).splitlines()[0]) from None
     if output_path is not None:
         clear_outputs(output_path)
+        if launched is not None:
+            write_manifest(output_path, launched)
     result = pipeline.run()
     result.wait_until_finish()
     return result, time.monotonic() - started
@@ -215,6 +222,7 @@ def finish_summary(result, output_path: str, wall_s: float) -> dict:
 
 
 def run_audit(config: AuditConfig) -> AuditRun:
-    result, wall_s = run_pipeline(config.runner, lambda p: build_audit(p, config), config.output.path)
+    result, wall_s = run_pipeline(config.runner, lambda p: build_audit(p, config), config.output.path,
+                                  lambda: audit_manifest(config))
     summary = finish_summary(result, config.output.path, wall_s)
     return AuditRun(summary, summary["metrics"]["rows_in"], summary["metrics"]["rows_audited"], wall_s)

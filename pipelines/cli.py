@@ -76,14 +76,12 @@ def _cmd_rematch(args: argparse.Namespace) -> int:
     missing = [p for p in args.lists if "://" not in p and not Path(p).exists()]
     if missing:
         raise ConfigError(f"--lists: no such file '{missing[0]}'")
-    if "://" not in args.audit and not Path(args.audit, "report", "summary.json").exists():
-        raise ConfigError(f"--audit: '{args.audit}' is not an audit output (no report/summary.json)")
-    try:
+    try:  # planning reads the audit's manifest: a missing or bad one fails here, naming it
         plan = plan_rematch(args.audit, args.lists, args.out, args.input,
                             pdq=args.pdq_max_distance, phash=args.phash_max_distance, clip=args.clip_min_cosine)
     except TakedownListError as err:  # planning loads the lists: a bad entry fails here
         raise ConfigError(f"takedown.lists: {err}".splitlines()[0]) from None
-    except ValueError as err:
+    except ValueError as err:  # ManifestError included
         raise ConfigError(str(err).splitlines()[0]) from None
     for warning in plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -130,7 +128,8 @@ def print_summary(summary: dict, output: str) -> None:
     if summary.get("matched_lists"):
         lists = ", ".join(f"{k}={v}" for k, v in sorted(summary["matched_lists"].items()))
         print(f"rows matched per takedown list: {lists}")
-    print(f"outputs: {output}  (audit/, removals/, published/, clean/, report/summary.json)")
+    print(f"outputs: {output}  (audit/, review/, removals/, published/, clean/, "
+          f"report/summary.json, report/manifest.json)")
 
 
 def build_parser() -> argparse.ArgumentParser:

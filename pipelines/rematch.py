@@ -2,7 +2,11 @@
 takedown lists, with no network request and no image.
 
     AUDIT_DIR/audit/*.parquet (Arrow batches) -> match lists -> re-decide
-      -> OUT_DIR/audit, removals, published, clean, report/summary.json
+      -> the output tail (transforms/outputs.py), as an audit writes:
+         OUT_DIR/audit, review, removals, published, clean, report/summary.json
+
+How the audit read its dataset and decided (thresholds, policies) comes from its run
+manifest (AUDIT_DIR/report/manifest.json); the rematch writes its own.
 
 Everything runs on Arrow record batches: at 5.85 billion rows the per-row cost is the
 whole cost, so only rows whose takedown state changes are touched one by one.
@@ -23,20 +27,21 @@ from apache_beam.utils import shared
 
 from pipelines.audit import finish_summary, run_pipeline
 from pipelines.config import RunnerConfig
-from transforms.clean import WriteCleanDataset
-from transforms.read import DatasetSpec, match_inputs, source_names
+from pipelines.manifest import (
+    PolicyInfo,
+    RunManifest,
+    absolute,
+    list_files,
+    now_utc,
+    package_version,
+    read_manifest,
+)
+from transforms.outputs import WriteOutputs
+from transforms.read import DatasetSpec, match_inputs
 from transforms.records import AUDIT_SCHEMA
 from transforms.policy import Policy, compile_policies, decide
 from transforms.takedown import IndexSpec, TakedownIndex, Thresholds, kind_of, load_lists
-from transforms.write import (
-    SummaryFn,
-    WriteRemovals,
-    output_dir,
-    read_json,
-    summary_path,
-    summary_payload,
-    write_json,
-)
+from transforms.write import output_dir, read_json, summary_path
 
 MATCHES_TYPE = AUDIT_SCHEMA.field("matches").type
 
@@ -68,7 +73,7 @@ def rematch_table(table: pa.Table, index: TakedownIndex,
 
 
 class _RematchTables(beam.DoFn):
-    def __init__(self, spec: IndexSpec, policy: dict):
+    def __init__(self, spec: IndexSpec, policy: PolicyInfo):
         self._spec = spec
         self._policy = policy
         self._shared = shared.Shared()
@@ -76,64 +81,15 @@ class _RematchTables(beam.DoFn):
     def setup(self):
         # One index per worker process, shared by its threads.
         self._index = self._shared.acquire(self._spec.build, tag=self._spec)
-        names = self._policy.get("names", ())
-        self._remove = compile_policies(self._policy.get("remove_if", ()), names, "policy.remove_if")
-        self._review = compile_policies(self._policy.get("review_if", ()), names, "policy.review_if")
+        names = self._policy.names
+        self._remove = compile_policies(self._policy.remove_if, names, "policy.remove_if")
+        self._review = compile_policies(self._policy.review_if, names, "policy.review_if")
+        # Rows audited are counted by the output tail, on their way into audit/.
         self._rows_in = Metrics.counter("audit", "rows_in")
-        self._rows_out = Metrics.counter("audit", "rows_audited")
 
     def process(self, table: pa.Table):
         self._rows_in.inc(table.num_rows)
-        out = rematch_table(table, self._index, self._remove, self._review)
-        self._rows_out.inc(out.num_rows)
-        yield out
-
-
-def summary_of_table(table: pa.Table) -> dict:
-    """SummaryFn's accumulator for a table, computed column-wise."""
-    fn = SummaryFn()
-    acc = fn.create_accumulator()
-    acc["rows_audited"] = table.num_rows
-    acc["bytes_fetched"] = int(pc.sum(table.column("bytes")).as_py() or 0)
-    for item in pc.value_counts(table.column("status")).to_pylist():
-        acc["status"][item["values"] or "internal_error"] += item["counts"]  # as SummaryFn counts
-    for item in pc.value_counts(table.column("action")).to_pylist():
-        if item["values"]:
-            acc["action"][item["values"]] += item["counts"]
-    for key in ("labels", "caption_flags"):
-        flat = pc.list_flatten(table.column(key))
-        for item in pc.value_counts(flat).to_pylist():
-            acc[key][item["values"]] += item["counts"]
-    matched = pc.list_flatten(table.column("matches"))
-    if len(matched):
-        # one count per row and list, as SummaryFn counts
-        lengths = pc.fill_null(pc.list_value_length(table.column("matches")), 0).to_numpy()
-        rows = np.repeat(np.arange(table.num_rows), lengths)
-        list_ids = pc.struct_field(matched, "list_id").to_pylist()
-        for list_id in {(r, lid) for r, lid in zip(rows.tolist(), list_ids)}:
-            acc["matched_lists"][list_id[1]] += 1
-    return acc
-
-
-class _MergeSummaries(beam.CombineFn):
-    def __init__(self):
-        self._fn = SummaryFn()
-
-    def create_accumulator(self):
-        return self._fn.create_accumulator()
-
-    def add_input(self, acc, partial):
-        return self._fn.merge_accumulators([acc, partial])
-
-    def merge_accumulators(self, accs):
-        return self._fn.merge_accumulators(accs)
-
-    def extract_output(self, acc):
-        return self._fn.extract_output(acc)
-
-
-def _removed_records(table: pa.Table):
-    return table.filter(pc.equal(table.column("action"), "remove")).to_pylist()
+        yield rematch_table(table, self._index, self._remove, self._review)
 
 
 @dataclasses.dataclass
@@ -141,39 +97,68 @@ class RematchPlan:
     audit_dir: str
     lists: list[str]
     out_dir: str
-    inputs: list[str] | None  # the dataset, for clean/ (None: not written)
+    inputs: list[str] | None  # the dataset's files, for clean/ (None: not readable here, not written)
     spec: DatasetSpec
     index: IndexSpec
-    rows_in: int  # rows of the audit being rematched, from its summary
-    policy: dict  # the audit's remove_if / review_if and the names they may use
+    rows_in: int  # rows of the audit being rematched, from its summary's counts
+    policy: PolicyInfo  # the audit's remove_if / review_if and the names they may use
     warnings: list[str]
+    audited: RunManifest  # the manifest of the run being rematched
+    dataset: list[str]  # the dataset's files as recorded (or --input), readable here or not
 
 
 def plan_rematch(audit_dir: str, lists: list[str], out_dir: str, inputs: list[str] | None = None,
                  **thresholds: float | None) -> RematchPlan:
     """Where the audit, its dataset and the lists are, and how the audit decided.
 
-    The dataset, the policies and the match thresholds are taken from the audit's own
-    summary; `inputs` and explicit thresholds (not None) override them.
+    The dataset, the policies and the match thresholds are taken from the audit's run
+    manifest, its row count from its summary; `inputs` and explicit thresholds (not None)
+    override them. A missing or unreadable manifest is a ManifestError (a ValueError)
+    naming the file.
     """
     if _same_place(audit_dir, out_dir):
         raise ValueError("--out: must not be the audit being rematched (it is read while written)")
-    previous = read_json(summary_path(audit_dir))
-    dataset = previous.get("dataset") or {}
-    spec = DatasetSpec(dataset.get("url_col", "URL"), dataset.get("caption_col", "TEXT"),
-                       dataset.get("id_col"), dataset.get("format"))
-    if inputs is None:
-        recorded = previous.get("inputs") or []
-        inputs = recorded if recorded and all(FileSystems.exists(p) for p in recorded) else None
+    audited = read_manifest(audit_dir)
+    summary = summary_path(audit_dir)
+    if not FileSystems.exists(summary):
+        raise ValueError(f"--audit: no run summary '{summary}' (the audit did not finish)")
+    rows_audited = int(read_json(summary)["rows_audited"])
+    dataset = audited.dataset
+    spec = DatasetSpec(dataset.url_col, dataset.caption_col, dataset.id_col, dataset.format)
+    if inputs is not None:
+        recorded = [absolute(p) for p in match_inputs(inputs)]
+        readable = recorded
+    else:
+        recorded = list(audited.inputs)
+        readable = recorded if recorded and all(FileSystems.exists(p) for p in recorded) else None
     # `thresholds` by kind (pdq=, phash=, clip=); None keeps the audit's own.
-    settings = Thresholds(previous.get("thresholds") or {}).replace(**thresholds)
+    settings = Thresholds(audited.thresholds).replace(**thresholds)
     warnings = []
     clip_entries = sum(1 for e in load_lists(lists) if kind_of(e.kind).needs_embedding)
     if clip_entries:
         warnings.append(f"{clip_entries} clip entries are not matched: an audit keeps no embeddings")
-    return RematchPlan(audit_dir, list(lists), out_dir, inputs, spec,
-                       IndexSpec(paths=tuple(lists), thresholds=settings), int(previous["rows_audited"]),
-                       previous.get("policy") or {}, warnings)
+    return RematchPlan(audit_dir, list(lists), out_dir, readable, spec,
+                       IndexSpec(paths=tuple(lists), thresholds=settings), rows_audited,
+                       audited.policy, warnings, audited, recorded)
+
+
+def rematch_manifest(plan: RematchPlan) -> RunManifest:
+    """The rematch's own manifest: its lists and thresholds; the audit's dataset,
+    policies, model and config."""
+    audited = plan.audited
+    return RunManifest(
+        kind="rematch",
+        rematch_of=absolute(plan.audit_dir),
+        inputs=list(plan.dataset),
+        dataset=audited.dataset,
+        thresholds=plan.index.thresholds.to_dict(),
+        policy=audited.policy,
+        model=audited.model,
+        takedown_lists=list_files(plan.lists),
+        config_sha256=audited.config_sha256,
+        laion_audit_version=package_version(),
+        written_at=now_utc(),
+    )
 
 
 def _same_place(a: str, b: str) -> bool:
@@ -189,33 +174,14 @@ def build_rematch(pipeline: beam.Pipeline, plan: RematchPlan) -> None:
         | "Spread" >> beam.Reshuffle()
         | "Rematch" >> beam.ParDo(_RematchTables(plan.index, plan.policy))
     )
-    tables | "WriteAudit" >> beam.io.WriteToParquetBatched(
-        output_dir(plan.out_dir, "audit/part"), schema=AUDIT_SCHEMA, file_name_suffix=".parquet", codec="zstd"
-    )
-    removed = tables | "Removed" >> beam.FlatMap(_removed_records)
-    removed | "WriteRemovals" >> WriteRemovals(plan.out_dir)
-    if plan.inputs:
-        paths = match_inputs(plan.inputs)
-        (
-            removed
-            | "RemovedIds" >> beam.Map(lambda r: r["row_id"])
-            | "WriteClean" >> WriteCleanDataset(paths, source_names(paths), plan.spec, output_dir(plan.out_dir, "clean"))
-        )
-    path, rows_in, extra = summary_path(plan.out_dir), plan.rows_in, {
-        "rematch_of": plan.audit_dir, "takedown_lists": len(plan.lists), "inputs": plan.inputs,
-        "clean_written": bool(plan.inputs), "warnings": plan.warnings, "policy": plan.policy,
-        "thresholds": plan.index.thresholds.to_dict(),
-        "dataset": {"url_col": plan.spec.url_col, "caption_col": plan.spec.caption_col,
-                    "id_col": plan.spec.id_col, "format": plan.spec.format},
-    }
-    (
-        tables
-        | "TableSummaries" >> beam.Map(summary_of_table)
-        | "Summary" >> beam.CombineGlobally(_MergeSummaries())
-        | "WriteSummary" >> beam.Map(lambda c: write_json(path, summary_payload(c, rows_in, extra)))
+    rows_in = pipeline | "RowsIn" >> beam.Create([plan.rows_in])
+    (tables, rows_in) | "WriteOutputs" >> WriteOutputs(
+        plan.out_dir, dataset=plan.inputs, spec=plan.spec,
+        summary_extra={"clean_written": bool(plan.inputs), "warnings": plan.warnings},
     )
 
 
 def run_rematch(plan: RematchPlan, runner: RunnerConfig | None = None) -> dict:
-    result, wall_s = run_pipeline(runner or RunnerConfig(), lambda p: build_rematch(p, plan), plan.out_dir)
+    result, wall_s = run_pipeline(runner or RunnerConfig(), lambda p: build_rematch(p, plan), plan.out_dir,
+                                  lambda: rematch_manifest(plan))
     return finish_summary(result, plan.out_dir, wall_s)

@@ -34,8 +34,18 @@ import apache_beam as beam  # noqa: E402
 
 from pipelines.audit import run_pipeline  # noqa: E402
 from pipelines.config import RunnerConfig  # noqa: E402
+from pipelines.manifest import (  # noqa: E402
+    DatasetInfo,
+    ModelInfo,
+    PolicyInfo,
+    RunManifest,
+    now_utc,
+    package_version,
+    write_manifest,
+)
 from pipelines.rematch import plan_rematch, run_rematch  # noqa: E402
 from transforms.records import AUDIT_SCHEMA  # noqa: E402
+from transforms.outputs import RecordsToTables  # noqa: E402
 from transforms.takedown import MatchTakedown  # noqa: E402
 from transforms.write import WriteAudit, write_json  # noqa: E402
 
@@ -83,7 +93,12 @@ def make_inputs(folder: Path, rows: int, entries: int, seed: int = 0) -> tuple[P
         full = pa.table({f.name: table.column(f.name) if f.name in table.column_names
                          else pa.nulls(n, f.type) for f in AUDIT_SCHEMA})
         pq.write_table(full, audit / "audit" / f"part-{part:05d}.parquet", row_group_size=65_536)
-    write_json(str(audit / "report" / "summary.json"), {"rows_audited": rows, "inputs": [], "dataset": {}})
+    write_json(str(audit / "report" / "summary.json"), {"rows_audited": rows})
+    write_manifest(str(audit), RunManifest(
+        kind="audit", rematch_of=None, inputs=[], dataset=DatasetInfo(), thresholds={}, policy=PolicyInfo(),
+        model=ModelInfo(), takedown_lists=[], config_sha256="", laion_audit_version=package_version(),
+        written_at=now_utc(),
+    ))
     lists = folder / "list.parquet"
     pq.write_table(pa.table({
         "list_id": ["bench"] * entries, "entry_id": [f"e{i}" for i in range(entries)],
@@ -99,6 +114,7 @@ def per_row_peer(audit: Path, lists: Path, out: Path) -> None:
             | beam.io.ReadFromParquet(str(audit / "audit" / "*.parquet"))
             | beam.Reshuffle()
             | MatchTakedown([str(lists)])
+            | RecordsToTables()
             | WriteAudit(str(out))
         )
 

@@ -12,11 +12,14 @@ import json
 from pathlib import Path
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 import pipelines.audit as audit
+import transforms.outputs as outputs
 from pipelines.audit import run_audit
 from pipelines.cli import main
 from pipelines.config import parse_config
@@ -31,12 +34,17 @@ COUNTS = ("rows_in", "rows_audited", "metrics.rows_in", "metrics.rows_audited")
 
 
 class _Fault(beam.DoFn):
-    """Passes records through, except VICTIM, which comes out `copies` times (0: lost)."""
+    """Passes records through, except VICTIM, which comes out `copies` times (0: lost).
+    Tables of audit rows (the output tail's) likewise: VICTIM's row `copies` times."""
 
     def __init__(self, copies: int):
         self._copies = copies
 
-    def process(self, record: dict):
+    def process(self, record):
+        if isinstance(record, pa.Table):
+            victim = pc.equal(record.column("row_id"), VICTIM)
+            yield pa.concat_tables([record.filter(pc.invert(victim))] + [record.filter(victim)] * self._copies)
+            return
         for _ in range(self._copies if record["row_id"] == VICTIM else 1):
             yield dict(record)
 
@@ -56,7 +64,7 @@ class _FaultBefore(_FaultAfter):
 
 
 def _inject(monkeypatch, place: str, copies: int) -> None:
-    """Wrap one of the stages build_audit looks up at call time."""
+    """Wrap one of the stages build_audit (or its output tail) looks up at call time."""
     if place == "read":  # after the read stage counted the row, before `rows` holds it
         real = audit.ReadDataset
         monkeypatch.setattr(audit, "ReadDataset", lambda *a, **k: _FaultAfter(real(*a, **k), copies))
@@ -64,8 +72,8 @@ def _inject(monkeypatch, place: str, copies: int) -> None:
         real = audit.FlagCaptions
         monkeypatch.setattr(audit, "FlagCaptions", lambda *a, **k: _FaultAfter(real(*a, **k), copies))
     elif place == "audit_branch":  # only on the way into audit/, after the summary's branch
-        real = audit.WriteAudit
-        monkeypatch.setattr(audit, "WriteAudit", lambda *a, **k: _FaultBefore(real(*a, **k), copies))
+        real = outputs.WriteAudit  # the output tail's audit/ writer, on tables of audit rows
+        monkeypatch.setattr(outputs, "WriteAudit", lambda *a, **k: _FaultBefore(real(*a, **k), copies))
     else:
         raise AssertionError(place)
 

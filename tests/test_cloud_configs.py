@@ -44,7 +44,8 @@ def test_dataflow_config_builds_a_serialisable_graph(local_dataset, tmp_path):
     assert gcp.project and gcp.region and gcp.temp_location.startswith("gs://")
     assert options.view_as(WorkerOptions).sdk_container_image.endswith("worker:0.1.0")
     for stage in ("Read", "Reshuffle", "Fetch", "DecodeAndHash", "FlagCaptions", "Decide",
-                  "WriteAudit", "WriteRemovals", "WriteClean", "WriteSummary"):
+                  "WriteOutputs/WriteAudit", "WriteOutputs/WriteRemovals", "WriteOutputs/WriteClean",
+                  "WriteOutputs/WriteSummary"):
         assert stage in names, stage
 
 

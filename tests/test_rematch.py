@@ -1,10 +1,12 @@
 import pyarrow as pa
 
-from pipelines.rematch import rematch_table, summary_of_table
+from pipelines.rematch import rematch_table
+from tests.conftest import run_transform
+from transforms.outputs import RecordsToTables
 from transforms.policy import compile_policies
 from transforms.records import AUDIT_SCHEMA, audit_row, new_record
 from transforms.takedown import TakedownEntry, TakedownIndex
-from transforms.write import SummaryFn
+from transforms.write import SummaryFn, summary_counts
 
 PDQ = "f" * 64
 NEAR = "e" + "f" * 63  # one bit away
@@ -98,23 +100,26 @@ def test_table_summary_equals_the_row_summary():
     assert expected["bytes_fetched"] == 100 * (0 + 1 + 2 + 3 + 4 + 5) + 12345
     assert expected["labels"]["face"] == 2 and expected["caption_flags"] == {"email": 2, "phone": 1}
 
+    # The summary is counted in one place (summary_counts, over tables of audit rows),
+    # whatever the tables: the whole, one row at a time, halves merged, the audit's own.
     fn = SummaryFn()
-    acc = fn.create_accumulator()
-    for row in rows:
-        acc = fn.add_input(acc, row)
-    by_row = fn.extract_output(acc)
     table = pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA)
-    by_table = fn.extract_output(summary_of_table(table))
+    by_table = fn.extract_output(summary_counts(table))
+    acc = fn.create_accumulator()
+    for i in range(table.num_rows):
+        acc = fn.add_input(acc, table.slice(i, 1))
+    by_row = fn.extract_output(acc)
     # Beam combines partial accumulators: two halves merged count the same.
-    halves = []
-    for part in (rows[:3], rows[3:]):
-        half = fn.create_accumulator()
-        for row in part:
-            half = fn.add_input(half, row)
-        halves.append(half)
+    halves = [fn.add_input(fn.create_accumulator(), part) for part in (table.slice(0, 3), table.slice(3))]
     merged = fn.extract_output(fn.merge_accumulators(halves))
+    # The audit's records, turned into tables by the audit's own stage, 3 rows a table.
+    acc = fn.create_accumulator()
+    for part in run_transform(RecordsToTables(rows_per_table=3), rows):
+        acc = fn.add_input(acc, part)
+    audits = fn.extract_output(acc)
 
-    for name, summary in (("SummaryFn", by_row), ("summary_of_table", by_table), ("merged", merged)):
+    for name, summary in (("row by row", by_row), ("summary_counts", by_table), ("merged", merged),
+                          ("RecordsToTables", audits)):
         for key, value in expected.items():
             assert summary[key] == value, (name, key)
         assert summary.keys() == expected.keys(), name

@@ -1,7 +1,10 @@
-"""Write stage: the audit table (parquet) and the run summary (report/summary.json).
+"""Write stage: the writers of audit/, review/, removals/, published/, embeddings/ and
+the run summary (report/summary.json), and the summary's counts.
 
-Both go through Beam's filesystems, so an output prefix may be local, gs:// or s3://.
-Only contract columns are written: in-flight image data never reaches a sink.
+The writers take Arrow tables of audit rows (AUDIT_SCHEMA), the audit's and rematch's
+alike; transforms/outputs.py wires them into the one output tail. Everything goes
+through Beam's filesystems, so an output prefix may be local, gs:// or s3://. Only
+contract columns are written: in-flight image data never reaches a sink.
 """
 from __future__ import annotations
 
@@ -12,8 +15,12 @@ import posixpath
 import shutil
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from transforms.records import (
     AUDIT_SCHEMA,
@@ -22,12 +29,13 @@ from transforms.records import (
     PUBLISHED_SCHEMA,
     REMOVAL_SCHEMA,
     STATUSES,
-    audit_row,
     embedding_row,
     published_row,
     removal_rows,
-    review_row,
 )
+
+# Bytes of audit rows per row group of audit/ (Beam's WriteToParquet buffers as much).
+ROW_GROUP_BYTES = 64 * 1024 * 1024
 
 
 def output_dir(output_path: str, name: str) -> str:
@@ -61,35 +69,91 @@ def read_json(path: str) -> dict:
         return json.loads(handle.read().decode("utf-8"))
 
 
-class _ToAuditRow(beam.DoFn):
-    """Project a record to contract columns and count it, per status and per action."""
+# ------------------------------------------------------------------ audit rows as tables
+#
+# Every writer below takes Arrow tables of audit rows (AUDIT_SCHEMA), the audit's and
+# rematch's alike (transforms/outputs.py is the tail that wires them).
+
+
+def removed_rows(table: pa.Table) -> pa.Table:
+    """The removed rows: what removals/, published/ and clean/ are made of. Rows sent to
+    review are not among them (they stay in clean/ until a person decides)."""
+    return table.filter(pc.equal(table.column("action"), "remove"))
+
+
+def review_table(table: pa.Table) -> pa.Table:
+    """The review/ rows of a table, column-wise: the rows `review_row` makes of each
+    record whose action is review."""
+    review = table.filter(pc.equal(table.column("action"), "review"))
+    return review.select(REVIEW_SCHEMA.names).cast(REVIEW_SCHEMA)
+
+
+class _CountAudited(beam.DoFn):
+    """Beam's count of the rows on their way into audit/, in all and per status."""
 
     def __init__(self):
         self._audited = Metrics.counter("audit", "rows_audited")
         self._per_status = {s: Metrics.counter("audit", f"status_{s}") for s in STATUSES}
 
-    def process(self, record: dict):
-        row = audit_row(record)
-        self._audited.inc()
-        counter = self._per_status.get(row["status"])
-        if counter is not None:
-            counter.inc()
-        yield row
+    def process(self, table: pa.Table):
+        self._audited.inc(table.num_rows)
+        for item in pc.value_counts(table.column("status")).to_pylist():
+            counter = self._per_status.get(item["values"])
+            if counter is not None:
+                counter.inc(item["counts"])
+        yield table
+
+
+class _Rebatch(beam.DoFn):
+    """Tables -> tables of at least `min_bytes` (a bundle's last one smaller). The sink
+    writes each table as one row group (up to a million rows), so audit/ keeps row groups
+    as large as Beam's own WriteToParquet makes them, however small the tables come."""
+
+    def __init__(self, min_bytes: int = ROW_GROUP_BYTES):
+        self._min_bytes = min_bytes
+
+    def start_bundle(self):
+        self._tables: list[pa.Table] = []
+        self._bytes = 0
+
+    def process(self, table: pa.Table):
+        self._tables.append(table)
+        self._bytes += table.nbytes
+        if self._bytes >= self._min_bytes:
+            yield self._flush()
+
+    def finish_bundle(self):
+        if self._tables:
+            # Batch pipelines run in the global window (as Beam's parquet sink assumes).
+            yield GlobalWindows.windowed_value_at_end_of_window(self._flush())
+
+    def _flush(self) -> pa.Table:
+        table = self._tables[0] if len(self._tables) == 1 else pa.concat_tables(self._tables)
+        self._tables, self._bytes = [], 0
+        return table
+
+
+def _parquet_tables(prefix: str, schema, num_shards: int = 0) -> beam.io.WriteToParquetBatched:
+    return beam.io.WriteToParquetBatched(
+        prefix, schema=schema, file_name_suffix=".parquet", num_shards=num_shards, codec="zstd"
+    )
 
 
 class WriteAudit(beam.PTransform):
-    """Records -> `<output>/audit/part-*.parquet` (one row per record)."""
+    """Tables of audit rows -> `<output>/audit/part-*.parquet` (one row per input row),
+    counted by Beam's metrics on the way in (`audit/rows_audited`, `audit/status_*`)."""
 
     def __init__(self, output_path: str, num_shards: int = 0):
         super().__init__()
         self._prefix = output_dir(output_path, "audit/part")
         self._num_shards = num_shards
 
-    def expand(self, records):
+    def expand(self, tables):
         return (
-            records
-            | "ToAuditRow" >> beam.ParDo(_ToAuditRow())
-            | "WriteParquet" >> _parquet(self._prefix, AUDIT_SCHEMA, self._num_shards)
+            tables
+            | "CountAudited" >> beam.ParDo(_CountAudited())
+            | "Rebatch" >> beam.ParDo(_Rebatch())
+            | "WriteParquet" >> _parquet_tables(self._prefix, AUDIT_SCHEMA, self._num_shards)
         )
 
 
@@ -99,14 +163,20 @@ def _parquet(prefix: str, schema, num_shards: int = 0) -> beam.io.WriteToParquet
     )
 
 
+def _removed_records(table: pa.Table) -> list[dict]:
+    return removed_rows(table).to_pylist()
+
+
 class WriteRemovals(beam.PTransform):
-    """Removed records -> `removals/` (operator only) and `published/` (safe to post)."""
+    """Tables of audit rows -> `removals/` (operator only) and `published/` (safe to
+    post), made of the removed rows by `removal_rows` and `published_row`."""
 
     def __init__(self, output_path: str):
         super().__init__()
         self._output = output_path
 
-    def expand(self, removed):
+    def expand(self, tables):
+        removed = tables | "RemovedRows" >> beam.FlatMap(_removed_records)
         removals = (
             removed
             | "RemovalRows" >> beam.FlatMap(removal_rows)
@@ -120,18 +190,25 @@ class WriteRemovals(beam.PTransform):
         return removals, published
 
 
+def _non_empty(table: pa.Table):
+    if table.num_rows:
+        yield table
+
+
 class WriteReview(beam.PTransform):
-    """Records whose action is review -> `review/` (labels, scores, flags, reasons)."""
+    """Tables of audit rows -> `review/`: the rows whose action is review (labels,
+    scores, caption flags, reasons)."""
 
     def __init__(self, output_path: str):
         super().__init__()
         self._prefix = output_dir(output_path, "review/part")
 
-    def expand(self, to_review):
+    def expand(self, tables):
         return (
-            to_review
-            | "ReviewRows" >> beam.Map(review_row)
-            | "WriteReview" >> _parquet(self._prefix, REVIEW_SCHEMA)
+            tables
+            | "ReviewRows" >> beam.Map(review_table)
+            | "NonEmpty" >> beam.FlatMap(_non_empty)
+            | "WriteReview" >> _parquet_tables(self._prefix, REVIEW_SCHEMA)
         )
 
 
@@ -152,33 +229,59 @@ class WriteEmbeddings(beam.PTransform):
         )
 
 
+# ------------------------------------------------------------------ the run summary
+
+
+def _new_counts() -> dict:
+    return {
+        "rows_audited": 0,
+        "bytes_fetched": 0,
+        "status": collections.Counter(),
+        "action": collections.Counter(),
+        "labels": collections.Counter(),
+        "caption_flags": collections.Counter(),
+        "matched_lists": collections.Counter(),
+    }
+
+
+def summary_counts(table: pa.Table) -> dict:
+    """The summary's counts of a table of audit rows, column-wise: the one place they are
+    counted. A row without a status counts as internal_error, a row without an action is
+    not counted, and each list a row matched counts once for that row however many of its
+    entries matched."""
+    acc = _new_counts()
+    acc["rows_audited"] = table.num_rows
+    acc["bytes_fetched"] = int(pc.sum(table.column("bytes")).as_py() or 0)
+    for item in pc.value_counts(table.column("status")).to_pylist():
+        acc["status"][item["values"] or "internal_error"] += item["counts"]
+    for item in pc.value_counts(table.column("action")).to_pylist():
+        if item["values"]:
+            acc["action"][item["values"]] += item["counts"]
+    for key in ("labels", "caption_flags"):
+        for item in pc.value_counts(pc.list_flatten(table.column(key))).to_pylist():
+            acc[key][item["values"]] += item["counts"]
+    matches = table.column("matches")
+    matched = pc.list_flatten(matches)
+    if len(matched):
+        lengths = pc.fill_null(pc.list_value_length(matches), 0).to_numpy()
+        rows = np.repeat(np.arange(table.num_rows), lengths)
+        list_ids = pc.struct_field(matched, "list_id").to_pylist()
+        for _, list_id in {(r, lid) for r, lid in zip(rows.tolist(), list_ids)}:
+            acc["matched_lists"][list_id] += 1
+    return acc
+
+
 class SummaryFn(beam.CombineFn):
-    """Counts over audit records: rows, statuses, actions, labels, matches, bytes."""
+    """The summary's counts over tables of audit rows (`summary_counts` per table)."""
 
     def create_accumulator(self):
-        return {
-            "rows_audited": 0,
-            "bytes_fetched": 0,
-            "status": collections.Counter(),
-            "action": collections.Counter(),
-            "labels": collections.Counter(),
-            "caption_flags": collections.Counter(),
-            "matched_lists": collections.Counter(),
-        }
+        return _new_counts()
 
-    def add_input(self, acc, record):
-        acc["rows_audited"] += 1
-        acc["bytes_fetched"] += record.get("bytes") or 0
-        acc["status"][record.get("status") or "internal_error"] += 1
-        if record.get("action"):
-            acc["action"][record["action"]] += 1
-        acc["labels"].update(record.get("labels") or ())
-        acc["caption_flags"].update(record.get("caption_flags") or ())
-        acc["matched_lists"].update({m["list_id"] for m in record.get("matches") or ()})
-        return acc
+    def add_input(self, acc, table: pa.Table):
+        return self.merge_accumulators([acc, summary_counts(table)])
 
     def merge_accumulators(self, accumulators):
-        merged = self.create_accumulator()
+        merged = _new_counts()
         for acc in accumulators:
             for key, value in acc.items():
                 merged[key] += value
@@ -197,7 +300,8 @@ def summary_payload(counts: dict, rows_in: int, extra: dict) -> dict:
 
 
 class WriteSummary(beam.PTransform):
-    """Write `<output>/report/summary.json` from the records and the count of rows read."""
+    """Write `<output>/report/summary.json` from tables of audit rows and the count of
+    rows read (a PCollection of one int)."""
 
     def __init__(self, output_path: str, extra: dict | None = None):
         super().__init__()
@@ -205,13 +309,12 @@ class WriteSummary(beam.PTransform):
         self._extra = extra or {}
 
     def expand(self, pcolls):
-        records, rows_in = pcolls
-        counts = records | "Count" >> beam.CombineGlobally(SummaryFn())
-        rows_in_total = rows_in | "RowsIn" >> beam.combiners.Count.Globally()
+        tables, rows_in = pcolls
+        counts = tables | "Count" >> beam.CombineGlobally(SummaryFn())
         path, extra = self._path, self._extra
         return counts | "Write" >> beam.Map(
             lambda c, n: write_json(path, summary_payload(c, n, extra)) or path,
-            beam.pvalue.AsSingleton(rows_in_total),
+            beam.pvalue.AsSingleton(rows_in),
         )
 
 
