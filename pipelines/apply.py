@@ -14,6 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.audit import counter, run_pipeline
 from pipelines.config import ConfigError, RunnerConfig
 from transforms.clean import WriteCleanDataset
+from transforms.paths import local_only
 from transforms.read import DatasetSpec, check_dataset, match_inputs, source_names
 
 
@@ -24,7 +25,7 @@ def run_apply(published_dir: str, inputs: list[str], out_dir: str, spec: Dataset
         raise ConfigError(f"--removals: no published list (*.parquet) in '{published_dir}'")
     try:
         paths = match_inputs(inputs)
-        check_dataset([p for p in paths if "://" not in p], spec)
+        check_dataset(local_only(paths), spec)
     except ValueError as err:
         raise ConfigError(str(err).splitlines()[0]) from None
 

@@ -1,4 +1,4 @@
-"""The audit pipeline: wires the stages in the order of the flow in DESIGN.md.
+"""The audit pipeline: wires the stages in the order of the flow in ARCHITECTURE.md.
 
     Read rows -> [attach published embeddings] -> Reshuffle -> Fetch -> Decode + hash
       -> Embed (RunInference) -> Classify -> Flag captions
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable
 
@@ -40,6 +39,7 @@ from transforms.fetch import Fetch
 from transforms.hashing import HashImages
 from transforms.policy import DecideAction
 from transforms.outputs import RecordsToTables, WriteOutputs
+from transforms.paths import absolute, local_only
 from transforms.read import DatasetSpec, ReadDataset, check_dataset, match_inputs
 from transforms.write import WriteEmbeddings, clear_outputs, read_json, summary_path, write_json
 
@@ -69,7 +69,7 @@ def model_summary(config: AuditConfig) -> dict:
 def input_paths(config: AuditConfig) -> list[str]:
     """The dataset's files; local ones absolute: the manifest records them for `rematch`,
     run from anywhere."""
-    return [p if "://" in p else os.path.abspath(p) for p in match_inputs(config.dataset.input)]
+    return [absolute(p) for p in match_inputs(config.dataset.input)]
 
 
 def audit_manifest(config: AuditConfig) -> RunManifest:
@@ -97,7 +97,7 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
     spec = DatasetSpec.from_config(config.dataset)
     names = policy_names(config)
     # Columns and formats are checked on this machine, before any work is launched.
-    check_dataset([p for p in paths if "://" not in p], spec)
+    check_dataset(local_only(paths), spec)
     out = config.output.path
 
     rows = pipeline | "Read" >> ReadDataset(paths, spec)

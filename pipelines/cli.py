@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from pipelines.config import ConfigError, load_config
+from transforms.paths import local_only
 
 EXIT_CONFIG = 2
 
@@ -73,7 +74,7 @@ def _cmd_rematch(args: argparse.Namespace) -> int:
     from pipelines.rematch import plan_rematch, run_rematch
     from transforms.takedown import TakedownListError
 
-    missing = [p for p in args.lists if "://" not in p and not Path(p).exists()]
+    missing = [p for p in local_only(args.lists) if not Path(p).exists()]
     if missing:
         raise ConfigError(f"--lists: no such file '{missing[0]}'")
     try:  # planning reads the audit's manifest: a missing or bad one fails here, naming it
@@ -108,7 +109,7 @@ def _check_lists(paths: list[str]) -> None:
     line and entry, rather than on every worker."""
     from transforms.takedown import TakedownListError, load_lists
 
-    local = [p for p in paths if "://" not in p]  # remote lists are read on the workers
+    local = local_only(paths)  # remote lists are read on the workers
     try:
         load_lists(local)
     except (TakedownListError, ValueError) as err:

@@ -16,9 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 # The fetch section is the fetch stage's own settings (keys, defaults, checks): a light
 # module, so loading a config imports neither aiohttp nor Beam.
 from transforms.fetch_settings import FetchSettings
-
-REMOTE_SCHEMES = ("gs://", "s3://", "http://", "https://", "hdfs://")
-
+from transforms.paths import is_remote
 
 class ConfigError(ValueError):
     """A config problem, stated in one line that names the key."""
@@ -125,14 +123,10 @@ class AuditConfig(_Section):
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
 
-def _is_remote(path: str) -> bool:
-    return path.startswith(REMOTE_SCHEMES)
-
-
 def _check_local_inputs(key: str, patterns: list[str]) -> None:
     """Missing local files are config errors; remote paths are checked by the runner."""
     for pattern in patterns:
-        if _is_remote(pattern):
+        if is_remote(pattern):
             continue
         if not _glob.glob(pattern):
             raise ConfigError(f"{key}: no file matches '{pattern}'")

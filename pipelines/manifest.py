@@ -17,11 +17,12 @@ import datetime as _dt
 import hashlib
 import importlib.metadata
 import json
-import os
 import types
 import typing
 from collections.abc import Iterable
 from typing import Any, Literal
+
+from transforms.paths import absolute
 
 MANIFEST_VERSION = 1
 KINDS = ("audit", "rematch")
@@ -171,10 +172,6 @@ def file_sha256(path: str) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def absolute(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
 
 
 def list_files(paths: Iterable[str]) -> list[ListFile]:

@@ -30,13 +30,13 @@ from pipelines.config import RunnerConfig
 from pipelines.manifest import (
     PolicyInfo,
     RunManifest,
-    absolute,
     list_files,
     now_utc,
     package_version,
     read_manifest,
 )
 from transforms.outputs import WriteOutputs
+from transforms.paths import absolute, is_remote
 from transforms.read import DatasetSpec, match_inputs
 from transforms.records import AUDIT_SCHEMA
 from transforms.policy import Policy, compile_policies, decide
@@ -162,7 +162,7 @@ def rematch_manifest(plan: RematchPlan) -> RunManifest:
 
 
 def _same_place(a: str, b: str) -> bool:
-    if "://" in a + b:
+    if is_remote(a) or is_remote(b):
         return a.rstrip("/") == b.rstrip("/")
     return os.path.realpath(a) == os.path.realpath(b)
 

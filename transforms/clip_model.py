@@ -18,7 +18,6 @@ import hashlib
 import logging
 import os
 import posixpath
-import re
 import shutil
 import tempfile
 import threading
@@ -35,6 +34,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import shared
 from PIL import Image
 
+from transforms.paths import is_remote
+
 _LOG = logging.getLogger(__name__)
 
 # Any model weights without a pretrained source are drawn from this seed, so a
@@ -45,7 +46,6 @@ RANDOM_INIT_SEED = 0
 PRECISIONS = ("fp32", "fp16", "bf16")
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
-_REMOTE_PATH = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _COPY_CHUNK = 16 * 1024 * 1024
 
 
@@ -54,10 +54,6 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def _is_remote(path: str) -> bool:
-    return bool(_REMOTE_PATH.match(path)) and not path.startswith("file://")
 
 
 def model_id_of(model_name: str, pretrained: str | None) -> str:
@@ -74,7 +70,7 @@ def local_checkpoint(path: str, cache_dir: str | None = None) -> str:
     ``cache_dir`` (default: the temp dir) with the original suffix, which open_clip reads
     to pick the loader, and is reused by later loads in any process on the machine.
     """
-    if not _is_remote(path):
+    if not is_remote(path):
         return path.removeprefix("file://")
     digest = hashlib.sha256(path.encode()).hexdigest()[:16]
     folder = Path(cache_dir or tempfile.gettempdir()) / "laion-audit-checkpoints"
@@ -181,7 +177,7 @@ class ClipSpec:
         if self.model_name not in open_clip.list_models():
             raise ValueError(f"embedding.model: '{self.model_name}' is not an open_clip model config")
         pretrained = self.pretrained
-        if pretrained is None or _is_remote(pretrained):
+        if pretrained is None or is_remote(pretrained):
             return self
         if pretrained in open_clip.list_pretrained_tags_by_model(self.model_name):
             return self

@@ -32,12 +32,12 @@ from yarl import URL
 from transforms import records
 from transforms.fetch_settings import FetchSettings
 from transforms.netguard import BlockedAddressError, GuardedResolver, check_url
+from transforms.row_status import StatusCounters, short_error
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 AI_OPT_OUT_DIRECTIVES = ("noai", "noimageai")
 _OPT_OUT_PATTERN = re.compile(r"(?<![\w-])(noai|noimageai)(?![\w-])", re.IGNORECASE)
 _READ_CHUNK = 64 * 1024
-_MAX_ERROR_CHARS = 200
 
 
 @dataclass
@@ -105,11 +105,6 @@ def backoff_delay(retry: int, settings: FetchSettings) -> float:
     """Exponential backoff with full jitter for the ``retry``-th retry (0-based)."""
     ceiling = min(settings.backoff_max_s, settings.backoff_base_s * (2**retry))
     return random.uniform(0.0, max(0.0, ceiling))
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:_MAX_ERROR_CHARS]
 
 
 # --------------------------------------------------------------------------- one URL
@@ -204,7 +199,7 @@ async def _read_response(
     if content_type and is_non_image_type(content_type):
         response.close()
         mime = content_type.split(";", 1)[0].strip()
-        return FetchResult("not_image", error=f"content type {mime}"[:_MAX_ERROR_CHARS], **known)
+        return FetchResult("not_image", error=short_error(f"content type {mime}"), **known)
     declared = response.content_length
     if declared is not None and declared > settings.max_bytes:
         response.close()
@@ -246,7 +241,7 @@ async def _attempt(
             blocked = _blocked_reason(exc)
             if blocked is not None:
                 return FetchResult("blocked_address", error=blocked, final_url=final_url)
-            failure = FetchResult("connection_error", error=_short(exc), final_url=final_url)
+            failure = FetchResult("connection_error", error=short_error(exc), final_url=final_url)
             if isinstance(exc, aiohttp.ClientSSLError):
                 return failure  # certificate problems do not fix themselves
             if isinstance(exc, aiohttp.ClientConnectorDNSError):
@@ -257,17 +252,17 @@ async def _attempt(
             return _Retryable(failure)
         except aiohttp.ClientPayloadError as exc:
             return _Retryable(FetchResult(
-                "connection_error", error=f"truncated body: {_short(exc)}"[:_MAX_ERROR_CHARS],
+                "connection_error", error=short_error(f"truncated body: {short_error(exc)}"),
                 final_url=final_url))
         except aiohttp.InvalidURL as exc:
-            return FetchResult("invalid_url", error=_short(exc), final_url=final_url)
+            return FetchResult("invalid_url", error=short_error(exc), final_url=final_url)
         except aiohttp.ClientResponseError as exc:  # a response aiohttp could not parse
-            return FetchResult("http_error", exc.status or None, _short(exc),
+            return FetchResult("http_error", exc.status or None, short_error(exc),
                                final_url=final_url)
         except BlockedAddressError as exc:
             return FetchResult("blocked_address", error=exc.reason, final_url=final_url)
         except (aiohttp.ClientError, OSError) as exc:
-            return _Retryable(FetchResult("connection_error", error=_short(exc),
+            return _Retryable(FetchResult("connection_error", error=short_error(exc),
                                           final_url=final_url))
 
 
@@ -506,22 +501,16 @@ class FetchImages(beam.DoFn):
     def __init__(self, settings: FetchSettings | None = None) -> None:
         self._settings = settings or FetchSettings()
         self._fetcher: Fetcher | None = None
-        self._status_counters: dict[str, object] = {}
 
     def setup(self) -> None:
         self._bytes = Metrics.counter("fetch", "bytes")
+        self._statuses = StatusCounters("fetch")
         self._fetcher = Fetcher(self._settings)
 
     def teardown(self) -> None:
         if self._fetcher is not None:
             self._fetcher.close()
             self._fetcher = None
-
-    def _count(self, status: str) -> None:
-        counter = self._status_counters.get(status)
-        if counter is None:
-            counter = self._status_counters[status] = Metrics.counter("fetch", f"status_{status}")
-        counter.inc()
 
     def _results(self, urls: list[object]) -> Iterator[tuple[int, FetchResult]]:
         """(position, result) for every URL, as fetches finish; a failure of the fetcher
@@ -549,7 +538,7 @@ class FetchImages(beam.DoFn):
         # Records leave as their fetches finish: the next stage (decode + hash, fused
         # into this thread) overlaps with the downloads still in flight.
         for i, result in self._results([record.get("url") for record in pending]):
-            self._count(result.status)
+            self._statuses.inc(result.status)
             if result.body is not None:
                 self._bytes.inc(len(result.body))
             yield apply_fetch_result(pending[i], result)

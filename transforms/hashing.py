@@ -22,8 +22,9 @@ import apache_beam as beam
 import imagehash
 import numpy as np
 import pdqhash
-from apache_beam.metrics import Metrics
 from PIL import Image, UnidentifiedImageError
+
+from transforms.row_status import StatusCounters, short_error
 
 _LOG = logging.getLogger(__name__)
 
@@ -76,7 +77,6 @@ PDQ_DIHEDRAL_NAMES = (
     "flip_minus1",
 )
 
-_MAX_ERROR_CHARS = 200
 
 
 class ImageError(Exception):
@@ -190,11 +190,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _short(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {err}"
-    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
-
-
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """Decode image bytes to RGB, refusing anything over ``max_pixels`` before decoding.
 
@@ -209,11 +204,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         # Over Pillow's soft limit Image.open only warns; the cap below decides.
         img = Image.open(io.BytesIO(data), formats=WEB_IMAGE_FORMATS)
     except Image.DecompressionBombError as err:
-        raise ImageTooLarge(_short(err)) from None
+        raise ImageTooLarge(short_error(err)) from None
     except UnidentifiedImageError:
         raise NotAnImage("no supported image format recognised") from None
     except Exception as err:  # a plugin accepted the magic bytes, then failed
-        raise ImageDecodeError(_short(err)) from None
+        raise ImageDecodeError(short_error(err)) from None
 
     fmt = img.format or "unknown"
     mime = Image.MIME.get(fmt.upper())
@@ -248,12 +243,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         rgb = _to_rgb(img)
         rgb.load()
     except Image.DecompressionBombError as err:
-        raise ImageTooLarge(_short(err), mime=mime, width=stored_w, height=stored_h) from None
+        raise ImageTooLarge(short_error(err), mime=mime, width=stored_w, height=stored_h) from None
     except MemoryError:
         raise ImageTooLarge("out of memory while decoding", mime=mime,
                             width=stored_w, height=stored_h) from None
     except Exception as err:  # truncated data, corrupt streams, unsupported sub-modes
-        raise ImageDecodeError(_short(err), mime=mime, width=stored_w, height=stored_h) from None
+        raise ImageDecodeError(short_error(err), mime=mime, width=stored_w, height=stored_h) from None
     return DecodedImage(image=rgb, format=fmt, mime=mime, width=width, height=height)
 
 
@@ -372,7 +367,7 @@ def hash_record(record: dict, max_pixels: int = DEFAULT_MAX_PIXELS, keep_image: 
             if err.hashes is not None:
                 record.update(err.hashes.to_columns())
             record["status"] = err.status
-            record["error"] = str(err)[:_MAX_ERROR_CHARS]
+            record["error"] = short_error(str(err))
             return record
         record.update(hashes.to_columns())
         if keep_image:
@@ -380,7 +375,7 @@ def hash_record(record: dict, max_pixels: int = DEFAULT_MAX_PIXELS, keep_image: 
     except Exception as err:  # a bug or an environment problem: keep the row, say so
         _LOG.warning("hashing failed for row %s: %s", record.get("row_id"), type(err).__name__)
         record["status"] = "internal_error"
-        record["error"] = _short(err)
+        record["error"] = short_error(err)
         record.pop("_image", None)
     return record
 
@@ -394,21 +389,14 @@ class DecodeAndHash(beam.DoFn):
     def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, keep_image: bool = False) -> None:
         self.max_pixels = int(max_pixels)
         self.keep_image = bool(keep_image)
-        self._counters: dict = {}
 
     def setup(self) -> None:
-        self._counters = {}
-
-    def _count(self, status: str) -> None:
-        counter = self._counters.get(status)
-        if counter is None:
-            counter = self._counters[status] = Metrics.counter("hash", f"status_{status}")
-        counter.inc()
+        self._statuses = StatusCounters("hash")
 
     def process(self, record: dict) -> Iterator[dict]:
         # Every record is counted once, so the status counters sum to the rows in.
         out = hash_record(record, self.max_pixels, self.keep_image)
-        self._count(str(out.get("status")))
+        self._statuses.inc(out.get("status"))
         yield out
 
 

@@ -31,13 +31,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-# The same test as transforms.clip_model's (a scheme other than file://), repeated here
-# so that this path does not import torch.
-_REMOTE_PATH = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-
-
-def _is_remote(path: str) -> bool:
-    return bool(_REMOTE_PATH.match(path)) and not path.startswith("file://")
+from transforms.paths import is_remote
 
 
 class PrecomputedLayoutError(ValueError):
@@ -153,7 +147,7 @@ class NpyRows:
         self.shape, self.dtype, self._offset = npy_header(path)
         self._max_gap = max_gap
         if memmap is None:
-            memmap = not _is_remote(path)
+            memmap = not is_remote(path)
         self._memmap = np.load(path, mmap_mode="r") if memmap else None
         self._handle = None
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import posixpath
 import shutil
 
 import apache_beam as beam
@@ -22,6 +21,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
+from transforms import paths
+from transforms.row_status import StatusCounters
 from transforms.records import (
     AUDIT_SCHEMA,
     EMBEDDING_SCHEMA,
@@ -39,7 +40,7 @@ ROW_GROUP_BYTES = 64 * 1024 * 1024
 
 
 def output_dir(output_path: str, name: str) -> str:
-    return FileSystems.join(output_path, name) if "://" in output_path else posixpath.join(output_path, name)
+    return paths.join(output_path, name)
 
 
 # Everything a run writes under its output path.
@@ -51,7 +52,7 @@ def clear_outputs(output_path: str) -> None:
     a rerun into the same path would otherwise leave old shards beside the new ones."""
     for name in OUTPUT_DIRS:
         folder = output_dir(output_path, name)
-        if "://" in folder:
+        if paths.is_remote(folder):
             found = FileSystems.match([folder + "/**"])[0].metadata_list
             if found:
                 FileSystems.delete([m.path for m in found])
@@ -93,14 +94,13 @@ class _CountAudited(beam.DoFn):
 
     def __init__(self):
         self._audited = Metrics.counter("audit", "rows_audited")
-        self._per_status = {s: Metrics.counter("audit", f"status_{s}") for s in STATUSES}
+        self._statuses = StatusCounters("audit")
 
     def process(self, table: pa.Table):
         self._audited.inc(table.num_rows)
         for item in pc.value_counts(table.column("status")).to_pylist():
-            counter = self._per_status.get(item["values"])
-            if counter is not None:
-                counter.inc(item["counts"])
+            if item["values"] in STATUSES:
+                self._statuses.inc(item["values"], item["counts"])
         yield table
 
 

@@ -1,0 +1,36 @@
+"""Paths a run reads and writes: local files, or URL-style paths (gs://, s3://, ...) that
+Beam's filesystems open. One test for "remote", used by every stage and pipeline.
+
+Light on purpose (no Beam at import): the config check uses it.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_remote(path: str) -> bool:
+    """A path with a scheme (gs://, s3://, hdfs://, http://, ...) other than file://."""
+    return bool(_SCHEME.match(path)) and not path.startswith("file://")
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (a run records where it read from); remote as given."""
+    return path if is_remote(path) else os.path.abspath(path)
+
+
+def local_only(paths: list[str]) -> list[str]:
+    """The local ones: what can be checked on this machine before a run is launched."""
+    return [p for p in paths if not is_remote(p)]
+
+
+def join(prefix: str, name: str) -> str:
+    """`prefix/name` in the prefix's own filesystem."""
+    if is_remote(prefix):
+        from apache_beam.io.filesystems import FileSystems
+
+        return FileSystems.join(prefix, name)
+    return posixpath.join(prefix, name)
