@@ -6,7 +6,6 @@ name the counts that disagree, and make `laion-audit run` exit 1 saying so.
 And `clean/` is the input minus the removed rows only: rows sent to review stay in it."""
 from __future__ import annotations
 
-import csv
 import glob
 import json
 from pathlib import Path
@@ -24,6 +23,7 @@ from pipelines.audit import run_audit
 from pipelines.cli import main
 from pipelines.config import parse_config
 from tests.conftest import laion_table
+from transforms.takedown import TakedownEntry, write_list
 from transforms.write import summary_payload
 
 N_ROWS = 12
@@ -171,11 +171,8 @@ def test_clean_keeps_review_rows_and_drops_removed_ones(tmp_path):
     dataset = tmp_path / "rows.parquet"
     pq.write_table(table, dataset, row_group_size=4)
     takedown = tmp_path / "takedown.csv"
-    with takedown.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["list_id", "entry_id", "kind", "value"])
-        for i in sorted(TAKEDOWN_ROWS):
-            writer.writerow(["requests", f"e{i}", "url", urls[i]])
+    write_list([TakedownEntry("requests", f"e{i}", "url", urls[i]) for i in sorted(TAKEDOWN_ROWS)],
+               str(takedown))
     config = parse_config({
         "dataset": {"input": str(dataset)},
         "output": {"path": str(tmp_path / "out")},

@@ -2,7 +2,6 @@
 back as written, and what `rematch` takes the audit's settings from."""
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime as dt
 import hashlib
@@ -30,6 +29,7 @@ from pipelines.manifest import (
 )
 from pipelines.rematch import plan_rematch, run_rematch
 from tests.conftest import laion_table
+from transforms.takedown import TakedownEntry, write_list
 
 N_ROWS = 10
 LISTED = {2, 7}  # rows whose URL the takedown list names
@@ -85,11 +85,7 @@ def audited(tmp_path_factory):
     dataset = tmp / "rows.parquet"
     pq.write_table(laion_table(urls, captions), dataset)
     takedown = tmp / "takedown.csv"
-    with takedown.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["list_id", "entry_id", "kind", "value"])
-        for i in sorted(LISTED):
-            writer.writerow(["requests", f"e{i}", "url", urls[i]])
+    write_list([TakedownEntry("requests", f"e{i}", "url", urls[i]) for i in sorted(LISTED)], str(takedown))
     config = tmp / "config.yaml"
     config.write_text(yaml.safe_dump({
         "dataset": {"input": os.path.relpath(dataset), "id_col": "SAMPLE_ID"},

@@ -4,7 +4,6 @@ a rematch writes review/ as the audit does, for the decisions it makes.
 Before the tail was shared, rematch decided review actions again but wrote no review/."""
 from __future__ import annotations
 
-import csv
 
 import pyarrow.parquet as pq
 import pytest
@@ -14,6 +13,7 @@ from pipelines.config import parse_config
 from pipelines.rematch import plan_rematch, run_rematch
 from tests.conftest import laion_table
 from transforms.records import REVIEW_SCHEMA, review_row
+from transforms.takedown import TakedownEntry, write_list
 
 ROWS = 15
 EMAIL_ROWS = {1, 4, 9, 12}  # review_if "email"
@@ -26,11 +26,7 @@ def _caption(i: int) -> str:
 
 
 def _write_list(path, urls, rows) -> str:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["list_id", "entry_id", "kind", "value"])
-        for i in sorted(rows):
-            writer.writerow(["requests", f"e{i}", "url", urls[i]])
+    write_list([TakedownEntry("requests", f"e{i}", "url", urls[i]) for i in sorted(rows)], str(path))
     return str(path)
 
 
