@@ -255,28 +255,25 @@ class UrlSha256Kind(HexExactKind):
         return column
 
 
-class Md5Kind(HexExactKind):
-    """MD5 of the image file's bytes (exact copies only)."""
+class FileDigestKind(HexExactKind):
+    """A digest of the image file's bytes, named as hashlib names it (exact copies only)."""
 
+    can_hash_photo = True
+
+    def photo_values(self, photo: Photo) -> list[PhotoValue]:
+        return [PhotoValue(photo.digest(self.name))]
+
+
+class Md5Kind(FileDigestKind):
     name = "md5"
     digits = 32
     columns = ("content_md5",)
-    can_hash_photo = True
-
-    def photo_values(self, photo: Photo) -> list[PhotoValue]:
-        return [PhotoValue(photo.md5_sha256[0])]
 
 
-class Sha256Kind(HexExactKind):
-    """SHA-256 of the image file's bytes (exact copies only)."""
-
+class Sha256Kind(FileDigestKind):
     name = "sha256"
     digits = 64
     columns = ("content_sha256",)
-    can_hash_photo = True
-
-    def photo_values(self, photo: Photo) -> list[PhotoValue]:
-        return [PhotoValue(photo.md5_sha256[1])]
 
 
 class HammingKind(Kind):

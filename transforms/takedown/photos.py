@@ -1,6 +1,7 @@
 """A person's photo as ``laion-audit request`` hashes it, and the values kinds make of it."""
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -41,15 +42,16 @@ class Photo:
         self.data = bytes(data)
         self.max_pixels = max_pixels
         self.embed_fn = embed_fn
-        self._hashes: tuple[str, str] | None = None
+        self._digests: dict[str, str] = {}
         self._small: Any = None
         self._error: hashing.ImageError | None = None
 
-    @property
-    def md5_sha256(self) -> tuple[str, str]:
-        if self._hashes is None:
-            self._hashes = hashing.md5_sha256(self.data)
-        return self._hashes
+    def digest(self, algorithm: str) -> str:
+        """hashlib's hex digest of the file's bytes ("md5", "sha256"), as the audit's
+        content_md5 / content_sha256 columns hold it."""
+        if algorithm not in self._digests:
+            self._digests[algorithm] = hashlib.new(algorithm, self.data).hexdigest()
+        return self._digests[algorithm]
 
     @property
     def small(self):
