@@ -66,24 +66,39 @@ def model_summary(config: AuditConfig) -> dict:
     return summary
 
 
-def input_paths(config: AuditConfig) -> list[str]:
-    """The dataset's files; local ones absolute: the manifest records them for `rematch`,
-    run from anywhere."""
-    return [absolute(p) for p in match_inputs(config.dataset.input)]
+@dataclasses.dataclass(frozen=True)
+class AuditPlan:
+    """What an audit launches with, worked out once on this machine: the pipeline and
+    the manifest both read it, so a dataset glob (a bucket listing at full scale) and
+    the categories file are read once, and the manifest names the files actually read."""
+
+    paths: list[str]  # the dataset's files; local ones absolute, so `rematch` runs from anywhere
+    spec: DatasetSpec
+    policy_names: frozenset[str]
+    model: dict  # model_summary(config)
 
 
-def audit_manifest(config: AuditConfig) -> RunManifest:
+def plan_audit(config: AuditConfig) -> AuditPlan:
+    return AuditPlan(
+        paths=[absolute(p) for p in match_inputs(config.dataset.input)],
+        spec=DatasetSpec.from_config(config.dataset),
+        policy_names=frozenset(policy_names(config)),
+        model=model_summary(config),
+    )
+
+
+def audit_manifest(config: AuditConfig, plan: AuditPlan) -> RunManifest:
     """The manifest of an audit run as `config` says (lists hashed here, at launch)."""
-    model = model_summary(config)
+    model = plan.model
     dataset = config.dataset
     return RunManifest(
         kind="audit",
         rematch_of=None,
-        inputs=input_paths(config),
+        inputs=plan.paths,
         dataset=DatasetInfo(dataset.url_col, dataset.caption_col, dataset.id_col, dataset.format),
         thresholds=config.takedown.thresholds().to_dict(),
         policy=PolicyInfo(list(config.policy.remove_if), list(config.policy.review_if),
-                          sorted(policy_names(config))),
+                          sorted(plan.policy_names)),
         model=ModelInfo(model.get("model"), model.get("model_warning"), model.get("embeddings_from")),
         takedown_lists=list_files(config.takedown.lists),
         config_sha256=config_sha256(config),
@@ -92,10 +107,9 @@ def audit_manifest(config: AuditConfig) -> RunManifest:
     )
 
 
-def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
-    paths = input_paths(config)
-    spec = DatasetSpec.from_config(config.dataset)
-    names = policy_names(config)
+def build_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan | None = None) -> None:
+    plan = plan or plan_audit(config)
+    paths, spec, names = plan.paths, plan.spec, plan.policy_names
     # Columns and formats are checked on this machine, before any work is launched.
     check_dataset(local_only(paths), spec)
     out = config.output.path
@@ -144,7 +158,7 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig) -> None:
         records | "WriteEmbeddings" >> WriteEmbeddings(out)
     tables = records | "ToTables" >> RecordsToTables()
     rows_in = rows | "RowsIn" >> beam.combiners.Count.Globally()
-    warning = model_summary(config).get("model_warning")
+    warning = plan.model.get("model_warning")
     (tables, rows_in) | "WriteOutputs" >> WriteOutputs(
         out, dataset=paths, spec=spec, num_shards=config.output.num_shards,
         summary_extra={"model_warning": warning} if warning else None,
@@ -222,7 +236,11 @@ def finish_summary(result, output_path: str, wall_s: float) -> dict:
 
 
 def run_audit(config: AuditConfig) -> AuditRun:
-    result, wall_s = run_pipeline(config.runner, lambda p: build_audit(p, config), config.output.path,
-                                  lambda: audit_manifest(config))
+    try:
+        plan = plan_audit(config)
+    except ValueError as err:  # e.g. a categories file the policies cannot be checked against
+        raise ConfigError(str(err).splitlines()[0]) from None
+    result, wall_s = run_pipeline(config.runner, lambda p: build_audit(p, config, plan), config.output.path,
+                                  lambda: audit_manifest(config, plan))
     summary = finish_summary(result, config.output.path, wall_s)
     return AuditRun(summary, summary["metrics"]["rows_in"], summary["metrics"]["rows_audited"], wall_s)

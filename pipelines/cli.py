@@ -109,7 +109,7 @@ def _check_lists(paths: list[str]) -> None:
     line and entry, rather than on every worker."""
     from transforms.takedown import TakedownListError, load_lists
 
-    local = local_only(paths)  # remote lists are read on the workers
+    local = local_only(paths)  # remote lists: hashed for the manifest at launch, parsed on the workers
     try:
         load_lists(local)
     except (TakedownListError, ValueError) as err:

@@ -62,7 +62,7 @@ class TakedownConfig(_Section):
 
     def thresholds(self):
         """The three keys as the one value matching takes (transforms.takedown.kinds.Thresholds)."""
-        from transforms.takedown.kinds import Thresholds  # imported here: config checks stay light
+        from transforms.takedown.kinds import Thresholds  # imported here: loading a config needs no faiss
 
         return Thresholds(pdq=self.pdq_max_distance, phash=self.phash_max_distance, clip=self.clip_min_cosine)
 

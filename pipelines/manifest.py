@@ -175,16 +175,17 @@ def file_sha256(path: str) -> str:
 
 
 def list_files(paths: Iterable[str]) -> list[ListFile]:
-    """Each takedown list file (globs expanded, as the lists are loaded) with its sha256."""
-    from apache_beam.io.filesystems import FileSystems
+    """Each takedown list file (globs expanded as the lists are loaded) with its sha256.
+    A list that cannot be read is a TakedownListError (a ValueError) naming it."""
+    from transforms.takedown.lists import TakedownListError, expand_list_paths
 
-    files: list[str] = []
-    for path in paths:
-        if any(c in path for c in "*?["):
-            files.extend(sorted(m.path for m in FileSystems.match([path])[0].metadata_list))
-        else:
-            files.append(path)
-    return [ListFile(absolute(p), file_sha256(p)) for p in files]
+    listed = []
+    for path in expand_list_paths(paths):
+        try:
+            listed.append(ListFile(absolute(path), file_sha256(path)))
+        except OSError as err:
+            raise TakedownListError(f"{path}: cannot read the list ({err.strerror or type(err).__name__})") from None
+    return listed
 
 
 def package_version() -> str:

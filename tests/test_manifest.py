@@ -24,12 +24,13 @@ from pipelines.manifest import (
     PolicyInfo,
     RunManifest,
     config_sha256,
+    list_files,
     package_version,
     read_manifest,
 )
 from pipelines.rematch import plan_rematch, run_rematch
 from tests.conftest import laion_table
-from transforms.takedown import TakedownEntry, write_list
+from transforms.takedown import TakedownEntry, TakedownListError, write_list
 
 N_ROWS = 10
 LISTED = {2, 7}  # rows whose URL the takedown list names
@@ -179,3 +180,16 @@ def test_rematch_without_a_manifest_is_a_config_error_naming_it(audited, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.startswith("laion-audit: config error: ") and "\n" not in err
     assert str(audit / "report" / "manifest.json") in err
+
+
+def test_list_files_expands_globs_and_names_a_list_it_cannot_read(tmp_path):
+    for name in ("b.csv", "a.csv"):
+        write_list([TakedownEntry("l", "e", "md5", "0" * 32)], str(tmp_path / name))
+    listed = list_files([str(tmp_path / "*.csv")])
+    assert [Path(f.path).name for f in listed] == ["a.csv", "b.csv"]
+    assert listed[0].sha256 == hashlib.sha256((tmp_path / "a.csv").read_bytes()).hexdigest()
+    with pytest.raises(TakedownListError, match="no list file matches"):
+        list_files([str(tmp_path / "*.parquet")])
+    missing = tmp_path / "gone.csv"
+    with pytest.raises(TakedownListError, match=f"{missing}: cannot read the list"):
+        list_files([str(missing)])

@@ -25,6 +25,7 @@ def test_local_paths_are_not_remote(path):
 def test_absolute_makes_local_paths_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert absolute("rows.parquet") == os.path.join(str(tmp_path), "rows.parquet")
+    assert absolute("file:///data/rows.parquet") == "file:///data/rows.parquet"
 
 
 def test_join_keeps_the_prefix_filesystem():

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -34,14 +35,23 @@ print(json.dumps(out))
 """
 
 
+_PROBE = "import json; from tests import sandbox; print(json.dumps([sandbox.interfaces(), sandbox.routed_off_machine()]))"
+
+
 def test_the_announced_sandbox_is_the_one_found():
     # scripts/sandbox.sh sets the mode; a namespace that still has a route out must fail.
+    # The route probe runs in a fresh interpreter: this process's audit hook would
+    # refuse its connect() and make every address look unrouted.
+    done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=60,
+                          check=True, cwd=Path(__file__).resolve().parents[1])
+    interfaces, routed = json.loads(done.stdout)
     if sandbox.MODE in ("netns", "userns"):
-        assert sandbox.interfaces() == ["lo"]
-        assert sandbox.routed_off_machine() == []
+        assert interfaces == ["lo"]
+        assert routed == []
         assert sandbox.ISOLATED
     else:
         assert sandbox.MODE == "none"
+        assert sandbox.ISOLATED == (interfaces == ["lo"] and routed == [])
 
 
 @pytest.mark.off_machine

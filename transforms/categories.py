@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from transforms.paths import is_remote
+from transforms.paths import has_scheme
 
 DEFAULT_CATEGORIES = Path(__file__).parent / "data" / "categories.yaml"
 
@@ -91,7 +91,7 @@ def load_categories(path: str | Path | None = None) -> list[CategorySpec]:
         head = body.get("head")
         if head is not None and (not isinstance(head, str) or not head.strip()):
             raise CategoryError(f"{at}: head must be a file path, got {head!r}")
-        if head is not None and not Path(head).is_absolute() and not is_remote(head):
+        if head is not None and not Path(head).is_absolute() and not has_scheme(head):
             head = str(path.parent / head)
         prompts = _prompt_list(body.get("prompts"), f"{at}: prompts", required=head is None)
         own_negatives = _prompt_list(body.get("negative_prompts"), f"{at}: negative_prompts", required=False)

@@ -12,14 +12,21 @@ import re
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
+def has_scheme(path: str) -> bool:
+    """A URL-style path (gs://, s3://, file://, ...): kept as written, never joined to
+    the working directory."""
+    return bool(_SCHEME.match(path))
+
+
 def is_remote(path: str) -> bool:
     """A path with a scheme (gs://, s3://, hdfs://, http://, ...) other than file://."""
-    return bool(_SCHEME.match(path)) and not path.startswith("file://")
+    return has_scheme(path) and not path.startswith("file://")
 
 
 def absolute(path: str) -> str:
-    """A local path made absolute (a run records where it read from); remote as given."""
-    return path if is_remote(path) else os.path.abspath(path)
+    """A plain local path made absolute (a run records where it read from); a path with
+    a scheme as given."""
+    return path if has_scheme(path) else os.path.abspath(path)
 
 
 def local_only(paths: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ def short_error(err: BaseException | str, limit: int = MAX_ERROR_CHARS) -> str:
 
 
 class StatusCounters:
-    """`<namespace>/status_<status>` counters, made on first use (create in setup())."""
+    """`<namespace>/status_<status>` counters, each made on first use."""
 
     def __init__(self, namespace: str):
         self._namespace = namespace

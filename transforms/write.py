@@ -208,6 +208,8 @@ class WriteReview(beam.PTransform):
             tables
             | "ReviewRows" >> beam.Map(review_table)
             | "NonEmpty" >> beam.FlatMap(_non_empty)
+            # A table holds a few review rows at most: merged, they make real row groups.
+            | "Rebatch" >> beam.ParDo(_Rebatch())
             | "WriteReview" >> _parquet_tables(self._prefix, REVIEW_SCHEMA)
         )
 

@@ -10,8 +10,8 @@ As in python-threatexchange's ``signal_type/``, each kind says in one place
 * which index serves it: ``build(values, thresholds)`` gives an index whose
   ``query(kind.rows(columns, n))`` returns (batch row, entry, distance) arrays
   (``transforms.takedown.search``);
-* where it makes sense, how to compute it from a photo (``photo_values``,
-  ``from_photo``): what ``laion-audit request`` calls.
+* where it makes sense, how to compute it from a photo: ``photo_values``, which
+  ``laion-audit request`` calls (``from_photo`` wraps it for one photo file).
 
 Adding a kind is adding one class and registering it (``register_kind``): list files may
 then name it, ``TakedownIndex`` matches it and ``Thresholds`` gives it a threshold.

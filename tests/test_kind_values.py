@@ -1,4 +1,4 @@
-"""Takedown signal kinds: validation, URL normalisation, distances, registry, photos."""
+"""Hash kinds: value validation, URL normalisation, distances, the registry, photo values."""
 from __future__ import annotations
 
 import base64
