@@ -55,7 +55,7 @@ def model_summary(config: AuditConfig) -> dict:
     the summary too)."""
     embedding = config.embedding
     if embedding.precomputed:
-        return {"model": f"precomputed:{embedding.model}", "embeddings_from": embedding.precomputed}
+        return {"model": f"precomputed:{embedding.model}", "embeddings_from": ", ".join(embedding.precomputed)}
     if not embedding.enabled:
         return {"model": None}
     from transforms.clip_model import model_id_of
@@ -76,14 +76,21 @@ class AuditPlan:
     spec: DatasetSpec
     policy_names: frozenset[str]
     model: dict  # model_summary(config)
+    # A dry run's plan (pipelines/dry_run.py): remote patterns kept as written, and no
+    # remote path listed or opened while building (a stand-in for such a stage).
+    offline: bool = False
 
 
-def plan_audit(config: AuditConfig) -> AuditPlan:
+def plan_audit(config: AuditConfig, offline: bool = False) -> AuditPlan:
+    """`offline` (a dry run): local patterns are matched, remote ones kept as written."""
+    if offline:
+        from pipelines.dry_run import offline_inputs
     return AuditPlan(
-        paths=[absolute(p) for p in match_inputs(config.dataset.input)],
-        spec=DatasetSpec.from_config(config.dataset),
+        paths=[absolute(p) for p in (offline_inputs if offline else match_inputs)(config.dataset.input)],
+        spec=DatasetSpec.from_config(config.dataset, positions=bool(config.embedding.precomputed)),
         policy_names=frozenset(policy_names(config)),
         model=model_summary(config),
+        offline=offline,
     )
 
 
@@ -107,22 +114,36 @@ def audit_manifest(config: AuditConfig, plan: AuditPlan) -> RunManifest:
     )
 
 
-def build_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan | None = None) -> None:
+def build_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan | None = None,
+                group=None) -> None:
+    """The audit's stages on `pipeline`. `group` (pipelines.local_driver.Group): audit
+    that group's read units only, writing its parts under its own names; it cleans the
+    files whose rows all lie in it (the driver cleans files split over groups)."""
     plan = plan or plan_audit(config)
     paths, spec, names = plan.paths, plan.spec, plan.policy_names
     # Columns and formats are checked on this machine, before any work is launched.
     check_dataset(local_only(paths), spec)
     out = config.output.path
 
-    rows = pipeline | "Read" >> ReadDataset(paths, spec)
+    rows = pipeline | "Read" >> ReadDataset(paths, spec, units=group.units if group else None)
     embedding = config.embedding
     records = rows
     if embedding.precomputed:
-        from transforms.precomputed import AttachPrecomputedEmbeddings
+        if plan.offline and local_only(embedding.precomputed) != list(embedding.precomputed):
+            from pipelines.dry_run import NotListed as attach  # a dry run lists no bucket
+        else:
+            from transforms.precomputed import AttachPrecomputedEmbeddings as attach
 
         # Before the Reshuffle: rows still come in file order, so shard reads stay sequential.
-        records = records | "AttachPrecomputed" >> AttachPrecomputedEmbeddings(embedding.precomputed, embedding.model)
+        records = records | "AttachPrecomputed" >> attach(embedding.precomputed, embedding.model, inputs=paths)
     records = records | "Reshuffle" >> beam.Reshuffle()
+    reused = None
+    if config.dataset.previous_audit:
+        from transforms.reuse import ReuseAudited
+
+        # Rows an earlier audit fetched skip Fetch .. Classify (scores carried) and rejoin
+        # below: before Classify with published embeddings, else before FlagCaptions.
+        records, reused = records | "ReusePrevious" >> ReuseAudited.from_config(config)
     if config.fetch.enabled:
         records = (
             records
@@ -137,12 +158,16 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan | 
         from transforms.embed import EmbedImages
 
         records = records | "Embed" >> EmbedImages.from_config(embedding, **embedding.handler_options())
+    if reused is not None and embedding.precomputed:
+        records, reused = (records, reused) | "WithReused" >> beam.Flatten(), None
     if embedding.enabled or embedding.precomputed:
         from transforms.classify import ClassifyImages
 
         records = records | "Classify" >> ClassifyImages.from_config(
             embedding, config.classify.categories, batch_size=config.classify.batch_size
         )
+    if reused is not None:
+        records = (records, reused) | "WithReused" >> beam.Flatten()
     records = records | "FlagCaptions" >> FlagCaptions()
     if config.takedown.lists:
         from transforms.takedown import MatchTakedown
@@ -155,13 +180,15 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan | 
     )
 
     if config.output.write_embeddings:
-        records | "WriteEmbeddings" >> WriteEmbeddings(out)
+        records | "WriteEmbeddings" >> WriteEmbeddings(out, prefix=group.prefix if group else "")
     tables = records | "ToTables" >> RecordsToTables()
     rows_in = rows | "RowsIn" >> beam.combiners.Count.Globally()
     warning = plan.model.get("model_warning")
     (tables, rows_in) | "WriteOutputs" >> WriteOutputs(
-        out, dataset=paths, spec=spec, num_shards=config.output.num_shards,
+        out, dataset=list(group.clean_files) if group else paths, spec=spec, num_shards=config.output.num_shards,
         summary_extra={"model_warning": warning} if warning else None,
+        part_prefix=group.prefix if group else "", summary_file=group.counts_file if group else None,
+        sources=group.sources if group else None,
     )
 
 
@@ -214,15 +241,25 @@ def finish_summary(result, output_path: str, wall_s: float) -> dict:
     """Add wall time and Beam's own row counts to summary.json; rows in must equal rows
     audited by every count, or `all_rows_accounted` is false and `count_mismatch` holds
     the four counts: rows read and audited per the outputs and per Beam's metrics."""
-    rows_in = counter(result, "audit", "rows_in")
-    rows_audited = counter(result, "audit", "rows_audited")
     path = summary_path(output_path)
-    summary = read_json(path)
+    summary = account(read_json(path), counter(result, "audit", "rows_in"),
+                      counter(result, "audit", "rows_audited"), wall_s)
+    write_json(path, summary)
+    return summary
+
+
+def account(summary: dict, rows_in: int, rows_audited: int, wall_s: float) -> dict:
+    """`summary` with wall time, Beam's row counts (`rows_in`, `rows_audited`: a whole
+    run's, summed over a local run's groups) and the check of finish_summary."""
+    summary = dict(summary)
     summary.update(
         wall_s=round(wall_s, 3),
         rows_per_s=round(summary["rows_audited"] / wall_s, 2) if wall_s > 0 else None,
         metrics={"rows_in": rows_in, "rows_audited": rows_audited},
     )
+    from transforms.reuse import reuse_counts  # rows_reused / rows_fetched, from the status counts
+
+    summary.update(reuse_counts(summary.get("status") or {}))
     mismatch = count_mismatch({
         "rows_in": summary["rows_in"],
         "rows_audited": summary["rows_audited"],
@@ -231,15 +268,22 @@ def finish_summary(result, output_path: str, wall_s: float) -> dict:
     })
     summary["count_mismatch"] = mismatch
     summary["all_rows_accounted"] = mismatch is None
-    write_json(path, summary)
     return summary
 
 
-def run_audit(config: AuditConfig) -> AuditRun:
+def run_audit(config: AuditConfig, fresh: bool = False) -> AuditRun:
+    """Build, run and check an audit. On a local runner the run is driven group by group
+    (pipelines/local_driver.py: bounded memory, resumable; `fresh` starts over); on any
+    other runner it is one pipeline, and always starts over."""
     try:
         plan = plan_audit(config)
     except ValueError as err:  # e.g. a categories file the policies cannot be checked against
         raise ConfigError(str(err).splitlines()[0]) from None
+    from pipelines import local_driver
+
+    if local_driver.drives(config):
+        summary, wall_s = local_driver.run_local_audit(config, plan, fresh=fresh)
+        return AuditRun(summary, summary["metrics"]["rows_in"], summary["metrics"]["rows_audited"], wall_s)
     result, wall_s = run_pipeline(config.runner, lambda p: build_audit(p, config, plan), config.output.path,
                                   lambda: audit_manifest(config, plan))
     summary = finish_summary(result, config.output.path, wall_s)

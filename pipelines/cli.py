@@ -18,7 +18,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.audit import run_audit
 
     _check_lists(config.takedown.lists)
-    run = run_audit(config)
+    if args.dry_run:  # checks and builds everything offline; runs and writes nothing
+        from pipelines.dry_run import dry_run
+
+        print("\n".join(dry_run(config, args.config).lines()))
+        return 0
+    run = run_audit(config, fresh=args.fresh)
     print_summary(run.summary, config.output.path)
     report_unaccounted(run.summary)
     return 0 if run.summary["all_rows_accounted"] else 1
@@ -63,8 +68,9 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from pipelines.apply import run_apply
     from transforms.read import DatasetSpec
 
+    runner = runner_config(args)  # before anything is read: a bad runner fails fast
     spec = DatasetSpec(url_col=args.url_col, id_col=args.id_col, format=args.format)
-    counts = run_apply(args.removals, args.input, args.out, spec)
+    counts = run_apply(args.removals, args.input, args.out, spec, runner)
     print(f"cleaned {counts['files']} file(s) into {args.out}: kept {counts['rows_kept']} rows, "
           f"dropped {counts['rows_dropped']}")
     return 0
@@ -74,6 +80,7 @@ def _cmd_rematch(args: argparse.Namespace) -> int:
     from pipelines.rematch import plan_rematch, run_rematch
     from transforms.takedown import TakedownListError
 
+    runner = runner_config(args)  # before the audit is read: a bad runner fails fast
     missing = [p for p in local_only(args.lists) if not Path(p).exists()]
     if missing:
         raise ConfigError(f"--lists: no such file '{missing[0]}'")
@@ -86,12 +93,73 @@ def _cmd_rematch(args: argparse.Namespace) -> int:
         raise ConfigError(str(err).splitlines()[0]) from None
     for warning in plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    summary = run_rematch(plan)
+    summary = run_rematch(plan, runner)
     print_summary(summary, args.out)
     if not plan.inputs:
         print("clean/ not written: the audited dataset is not readable here (name it with --input)")
     report_unaccounted(summary)
     return 0 if summary["all_rows_accounted"] else 1
+
+
+def runner_config(args: argparse.Namespace):
+    """The runner of `rematch` / `apply`: --config's `runner` section, then --runner,
+    then each --set (runner.* keys only), checked as `run` checks its runner. Only the
+    runner section is read: the dataset, lists, thresholds and policies come from the
+    audit and the flags, so an audit's own config can be given as is (its other sections
+    are not validated; a top-level name that is no section of a config is refused)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from pipelines.config import AuditConfig, RunnerConfig, _one_line, apply_override
+    from pipelines.runners import check_runner
+
+    data: dict = {}
+    if args.config is not None:
+        path = Path(args.config)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as err:
+            raise ConfigError(f"config: cannot read '{path}' ({err.strerror})") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config: '{path}' is not valid YAML{where}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: '{path}' must hold a mapping of sections")
+        unknown = sorted(str(key) for key in data if key not in AuditConfig.model_fields)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown key")
+    section = data.get("runner") or {}
+    if not isinstance(section, dict):
+        raise ConfigError("runner: must be a mapping (name, options)")
+    raw = {"runner": dict(section)}
+    if args.runner is not None:
+        raw["runner"]["name"] = args.runner
+    for assignment in args.set or []:
+        key = assignment.partition("=")[0].strip()
+        if key != "runner" and not key.startswith("runner."):
+            raise ConfigError(f"--set {key or assignment!r}: {args.command} takes runner.* keys only")
+        apply_override(raw, assignment)
+    if not isinstance(raw["runner"], dict):
+        raise ConfigError("runner: must be a mapping (name, options)")
+    try:
+        runner = RunnerConfig.model_validate(raw["runner"])
+    except ValidationError as err:
+        raise ConfigError(f"runner.{_one_line(err)}") from None
+    problem = check_runner(runner.name, runner.options)
+    if problem:
+        raise ConfigError(problem)
+    return runner
+
+
+def _add_runner_args(parser: argparse.ArgumentParser) -> None:
+    """--config / --runner / --set for `rematch` and `apply` (see runner_config)."""
+    parser.add_argument("--config", default=None, metavar="CONFIG",
+                        help="YAML config whose runner section to run on (its other sections are not read)")
+    parser.add_argument("--runner", default=None, metavar="NAME",
+                        help="runner.name (default FnApiRunner, in memory); applied after --config")
+    parser.add_argument("--set", action="append", metavar="runner.KEY=VALUE",
+                        help="override a runner key, e.g. runner.options.direct_num_workers=4 (YAML value)")
 
 
 def report_unaccounted(summary: dict) -> None:
@@ -141,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="audit a dataset as a config file says")
     run.add_argument("config", help="YAML config file (see configs/)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (dotted; YAML value)")
+    run.add_argument("--fresh", action="store_true",
+                     help="start over: clear the outputs (a local run otherwise resumes a killed run of the same config)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the config and build the whole pipeline offline; print its stages; "
+                          "run, write and list nothing (remote paths: syntax only)")
     run.set_defaults(handler=_cmd_run)
 
     request = commands.add_parser(
@@ -162,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--url-col", default="URL")
     apply.add_argument("--id-col", default=None)
     apply.add_argument("--format", default=None, choices=["parquet", "csv", "tsv", "jsonl"])
+    _add_runner_args(apply)
     apply.set_defaults(handler=_cmd_apply)
 
     rematch = commands.add_parser("rematch", help="match an audit's stored hashes against new lists (offline)")
@@ -173,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     rematch.add_argument("--pdq-max-distance", type=int, default=None, help="default: as the audit ran")
     rematch.add_argument("--phash-max-distance", type=int, default=None, help="default: as the audit ran")
     rematch.add_argument("--clip-min-cosine", type=float, default=None, help="default: as the audit ran")
+    _add_runner_args(rematch)
     rematch.set_defaults(handler=_cmd_rematch)
     return parser
 

@@ -39,11 +39,19 @@ class DatasetConfig(_Section):
     url_col: str = "URL"
     caption_col: str = "TEXT"
     id_col: str | None = None
+    # The dataset's own hashes of the image bytes (img2dataset writes `md5`): read into
+    # content_md5 / content_sha256, so exact-hash takedown entries match with fetch off.
+    md5_col: str | None = None
+    sha256_col: str | None = None
     # Parquet files are read in units of whole row groups of about this many rows (a
     # row group is never split), and every file in Arrow batches of this size.
     read_batch_rows: int = Field(default=65_536, gt=0)
+    # Earlier audits' output paths (or their audit/*.parquet): rows whose URL one of them
+    # audited are reused, not fetched (transforms/reuse.py; fetch.refetch_* refetch some).
+    previous_audit: list[str] = Field(default_factory=list)
 
     _input_as_list = field_validator("input", mode="before")(_as_list)
+    _previous_as_list = field_validator("previous_audit", mode="before")(_as_list)
 
 
 class OutputConfig(_Section):
@@ -71,7 +79,8 @@ class EmbeddingConfig(_Section):
     enabled: bool = False
     model: str = "ViT-B-32"
     pretrained: str | None = None  # open_clip tag, local or gs:// checkpoint; null: random weights
-    precomputed: str | None = None  # a LAION-layout directory (img_emb/ + metadata/)
+    # LAION-layout directories (img_emb/ + metadata/), one string or a list; []: none
+    precomputed: list[str] = Field(default_factory=list)
     batch_size: int = Field(default=64, gt=0)
     device: str = "auto"  # auto: cuda when present
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
@@ -81,6 +90,8 @@ class EmbeddingConfig(_Section):
     # Beam resource hints for the embedding steps only, e.g.
     # {accelerator: "type:nvidia-l4;count:1;install-nvidia-driver"} on Dataflow.
     resource_hints: dict[str, str] = Field(default_factory=dict)
+
+    _precomputed_as_list = field_validator("precomputed", mode="before")(_as_list)
 
     def handler_options(self) -> dict[str, Any]:
         return {
@@ -110,6 +121,10 @@ class PolicyConfig(_Section):
 class RunnerConfig(_Section):
     name: str = "FnApiRunner"
     options: dict[str, Any] = Field(default_factory=dict)
+    # A local runner (FnApiRunner, DirectRunner, PortableRunner on an embedded job server)
+    # runs an audit as one pipeline per group of about this many input rows, so memory is
+    # bounded and a killed run resumes (pipelines/local_driver.py); 0: one pipeline.
+    local_group_rows: int = Field(default=50_000, ge=0)
 
 
 class AuditConfig(_Section):
@@ -176,10 +191,10 @@ def parse_config(data: Any, check_files: bool = True) -> AuditConfig:
     if check_files:
         _check_local_inputs("dataset.input", config.dataset.input)
         _check_local_inputs("takedown.lists", config.takedown.lists)
+        _check_local_inputs("embedding.precomputed", config.embedding.precomputed)
     _check_policies(config)
-    if config.embedding.precomputed and config.dataset.id_col:
-        # Published embeddings are joined by <metadata file>:<row position>.
-        raise ConfigError("dataset.id_col: must be null with embedding.precomputed")
+    # Published embeddings are joined by metadata file and row position, whatever the row
+    # ids (transforms.precomputed), so dataset.id_col may be set with embedding.precomputed.
     from pipelines.runners import check_runner
 
     problem = check_runner(config.runner.name, config.runner.options)

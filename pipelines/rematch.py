@@ -10,6 +10,11 @@ manifest (AUDIT_DIR/report/manifest.json); the rematch writes its own.
 
 Everything runs on Arrow record batches: at 5.85 billion rows the per-row cost is the
 whole cost, so only rows whose takedown state changes are touched one by one.
+
+It runs on any runner (`run_rematch(plan, runner)`; the CLI's --config / --runner /
+--set runner.*). On the launching machine it reads the audit's manifest and summary and
+the lists (parsed for errors and hashed for the manifest) and lists `audit/*.parquet`;
+the audit rows and the dataset (for clean/) are read on the workers.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ from pipelines.manifest import (
     read_manifest,
 )
 from transforms.outputs import WriteOutputs
-from transforms.paths import absolute, is_remote
+from transforms.paths import absolute, is_remote, local_only
 from transforms.read import DatasetSpec, match_inputs
 from transforms.records import AUDIT_SCHEMA
 from transforms.policy import Policy, compile_policies, decide
@@ -97,7 +102,7 @@ class RematchPlan:
     audit_dir: str
     lists: list[str]
     out_dir: str
-    inputs: list[str] | None  # the dataset's files, for clean/ (None: not readable here, not written)
+    inputs: list[str] | None  # the dataset's files, for clean/ (None: a local one is missing, not written)
     spec: DatasetSpec
     index: IndexSpec
     rows_in: int  # rows of the audit being rematched, from its summary's counts
@@ -130,7 +135,9 @@ def plan_rematch(audit_dir: str, lists: list[str], out_dir: str, inputs: list[st
         readable = recorded
     else:
         recorded = list(audited.inputs)
-        readable = recorded if recorded and all(FileSystems.exists(p) for p in recorded) else None
+        # Local files are looked for here; remote ones (thousands of shards at full
+        # scale) are not touched on this machine: the workers read them for clean/.
+        readable = recorded if recorded and all(FileSystems.exists(p) for p in local_only(recorded)) else None
     # `thresholds` by kind (pdq=, phash=, clip=); None keeps the audit's own.
     settings = Thresholds(audited.thresholds).replace(**thresholds)
     warnings = []

@@ -159,11 +159,14 @@ def test_runner_mistakes_are_config_errors(tmp_path, runner, message):
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
-def test_published_embeddings_need_position_row_ids(tmp_path):
+def test_published_embeddings_take_an_id_column_and_a_list_of_directories(tmp_path):
+    # Vectors are found by metadata file and row position (transforms/precomputed.py).
     data = _base(tmp_path)
     data["dataset"]["id_col"] = "SAMPLE_ID"
     data["embedding"] = {"precomputed": str(tmp_path)}
-    with pytest.raises(ConfigError, match="dataset.id_col: must be null with embedding.precomputed"):
+    assert parse_config(data).embedding.precomputed == [str(tmp_path)]
+    data["embedding"] = {"precomputed": [str(tmp_path), str(tmp_path / "missing")]}
+    with pytest.raises(ConfigError, match="embedding.precomputed: no file matches"):
         parse_config(data)
 
 

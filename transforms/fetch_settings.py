@@ -12,6 +12,7 @@ transforms/fetch.py pulls in aiohttp and Beam.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
@@ -21,6 +22,26 @@ DEFAULT_USER_AGENT = (
     "laion-audit/0.1 (+https://github.com/laion-audit/laion-audit; dataset audit; "
     "honours X-Robots-Tag noai)"
 )
+# The statuses `fetch.refetch_statuses` may name: what a fetch or decode left a row
+# with (transforms/records.py STATUSES, less invalid_url, never joined, reused, never an
+# original status, and not_fetched, always fetched again). Kept here: no pyarrow import.
+REFETCHABLE_STATUSES = (
+    "ok", "blocked_address", "opted_out", "http_error", "timeout", "connection_error",
+    "too_large", "not_image", "decode_error", "internal_error",
+)
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as "180d", "12h", "30m", "45s" or "2w" (one number,
+    one unit); a ValueError that quotes the text otherwise."""
+    found = _DURATION.fullmatch(text) if isinstance(text, str) else None
+    if found is None:
+        raise ValueError(f"{text!r} is not a duration like 180d, 12h, 30m, 45s or 2w")
+    return float(found.group(1)) * _DURATION_UNITS[found.group(2)]
+
+
 # Batches of URLs are at least this big (or batch_size, when that is smaller).
 MIN_BATCH_SIZE = 16
 
@@ -50,6 +71,12 @@ class FetchSettings:
     user_agent: str = DEFAULT_USER_AGENT  # null: this default
     batch_size: int = Field(default=128, gt=0)  # URLs fetched together (the most per batch)
     dns_cache_ttl_s: int = Field(default=300, ge=0)
+    # With dataset.previous_audit (transforms/reuse.py): a previous row audited longer
+    # ago than this duration ("180d", "12h", "30m", "45s", "2w"; null: never) is fetched
+    # again, and so is one whose status (its original one, for a row reused before) is
+    # listed here, e.g. [timeout, connection_error].
+    refetch_older_than: str | None = None
+    refetch_statuses: tuple[str, ...] = ()
 
     @field_validator("allowed_private_hosts", mode="before")
     @classmethod
@@ -58,6 +85,29 @@ class FetchSettings:
         if value is None:
             return ()
         return (value,) if isinstance(value, str) else value
+
+    @field_validator("refetch_older_than")
+    @classmethod
+    def _check_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("refetch_statuses", mode="before")
+    @classmethod
+    def _statuses_as_list(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("refetch_statuses")
+    @classmethod
+    def _check_statuses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for status in value:
+            if status not in REFETCHABLE_STATUSES:
+                raise ValueError(f"{status!r} is not a status a previous row is refetched by "
+                                 f"(one of: {', '.join(REFETCHABLE_STATUSES)})")
+        return tuple(dict.fromkeys(value))
 
     @field_validator("user_agent", mode="before")
     @classmethod

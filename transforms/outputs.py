@@ -59,11 +59,20 @@ class WriteOutputs(beam.PTransform):
     run under `output_path` (see the module's docstring).
 
     `dataset`: the input files, for clean/ (None or empty: clean/ is not written);
-    `spec` says how to read them. `summary_extra` is added to summary.json as it is."""
+    `spec` says how to read them. `summary_extra` is added to summary.json as it is.
+
+    One part of a run (a local run's group, pipelines/local_driver.py) writes under its
+    own names: `part_prefix` starts each shard's name (`audit/g00003-part-*.parquet`),
+    `summary_file` replaces report/summary.json, and `sources` names the files for row
+    ids as the whole run does (default: `source_names(dataset)`)."""
 
     def __init__(self, output_path: str, dataset: list[str] | None = None, spec: DatasetSpec | None = None,
-                 num_shards: int = 0, summary_extra: dict | None = None):
+                 num_shards: int = 0, summary_extra: dict | None = None, part_prefix: str = "",
+                 summary_file: str | None = None, sources: dict[str, str] | None = None):
         super().__init__()
+        self._prefix = part_prefix
+        self._summary_file = summary_file
+        self._sources = sources
         self._output = output_path
         self._dataset = list(dataset or ())
         self._spec = spec or DatasetSpec()
@@ -73,14 +82,16 @@ class WriteOutputs(beam.PTransform):
     def expand(self, pcolls):
         tables, rows_in = pcolls
         out = self._output
-        tables | "WriteAudit" >> WriteAudit(out, self._num_shards)
-        tables | "WriteReview" >> WriteReview(out)
-        tables | "WriteRemovals" >> WriteRemovals(out)
+        prefix = self._prefix
+        tables | "WriteAudit" >> WriteAudit(out, self._num_shards, prefix=prefix)
+        tables | "WriteReview" >> WriteReview(out, prefix=prefix)
+        tables | "WriteRemovals" >> WriteRemovals(out, prefix=prefix)
         if self._dataset:
             paths = self._dataset
+            sources = self._sources or source_names(paths)
             (
                 tables
                 | "RemovedIds" >> beam.FlatMap(removed_row_ids)
-                | "WriteClean" >> WriteCleanDataset(paths, source_names(paths), self._spec, output_dir(out, "clean"))
+                | "WriteClean" >> WriteCleanDataset(paths, sources, self._spec, output_dir(out, "clean"))
             )
-        return (tables, rows_in) | "WriteSummary" >> WriteSummary(out, self._extra)
+        return (tables, rows_in) | "WriteSummary" >> WriteSummary(out, self._extra, path=self._summary_file)

@@ -6,6 +6,12 @@ and JSONL are read one file per unit (UTF-8, a leading byte order mark ignored, 
 decompressed). Row ids are stable across reruns: the dataset's own id column when
 configured, else ``<source>:<row position>``. The clean stage reads text files through
 the same helpers here, so both count the same rows.
+
+A dataset's own image hashes (img2dataset's ``md5`` column: ``dataset.md5_col``,
+``dataset.sha256_col``) become the record's ``content_md5`` / ``content_sha256`` when they
+are hex digests of the right length (lowercased; anything else is left None), so exact
+hash takedown entries match without a download. A fetched and hashed image replaces them
+with its bytes' own hashes (transforms.hashing.hash_record).
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import csv
 import io
 import json
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, TextIO
 
@@ -26,6 +33,10 @@ from transforms.urls import url_sha256_of
 
 FORMATS = ("parquet", "csv", "tsv", "jsonl")
 _EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+# In-flight (file path, row position) of a record, set with DatasetSpec.positions: how
+# transforms.precomputed finds a row's published vector whatever the row id is.
+POSITION_KEY = "_position"
+_HEX = {32: re.compile(r"[0-9a-f]{32}"), 64: re.compile(r"[0-9a-f]{64}")}
 
 
 class DatasetError(ValueError):
@@ -39,10 +50,14 @@ class DatasetSpec:
     id_col: str | None = None
     format: str | None = None
     read_batch_rows: int = 65_536
+    md5_col: str | None = None  # the dataset's MD5 of the image bytes (img2dataset's `md5`)
+    sha256_col: str | None = None
+    positions: bool = False  # records carry POSITION_KEY (precomputed embeddings need it)
 
     @classmethod
-    def from_config(cls, cfg) -> "DatasetSpec":
-        return cls(cfg.url_col, cfg.caption_col, cfg.id_col, cfg.format, cfg.read_batch_rows)
+    def from_config(cls, cfg, positions: bool = False) -> "DatasetSpec":
+        return cls(cfg.url_col, cfg.caption_col, cfg.id_col, cfg.format, cfg.read_batch_rows,
+                   md5_col=cfg.md5_col, sha256_col=cfg.sha256_col, positions=positions)
 
 
 @dataclass(frozen=True)
@@ -110,7 +125,7 @@ def plan_units(path: str, source: str, fmt: str, batch_rows: int) -> list[ReadUn
 
 
 def _wanted_columns(spec: DatasetSpec) -> list[str]:
-    return [c for c in dict.fromkeys([spec.url_col, spec.caption_col, spec.id_col]) if c]
+    return [c for c in dict.fromkeys([spec.url_col, spec.caption_col, spec.id_col, spec.md5_col, spec.sha256_col]) if c]
 
 
 def _missing_column(key: str, col: str, path: str, available: Iterable[str], seen: str) -> DatasetError:
@@ -118,9 +133,10 @@ def _missing_column(key: str, col: str, path: str, available: Iterable[str], see
 
 
 def projected_columns(available: list[str], spec: DatasetSpec, path: str, seen: str = "columns") -> list[str]:
-    """The URL, caption and id columns, each checked to be among `available`."""
+    """The URL, caption, id and hash columns, each checked to be among `available`."""
     for key, col in (("dataset.url_col", spec.url_col), ("dataset.caption_col", spec.caption_col),
-                     ("dataset.id_col", spec.id_col)):
+                     ("dataset.id_col", spec.id_col), ("dataset.md5_col", spec.md5_col),
+                     ("dataset.sha256_col", spec.sha256_col)):
         if col and col not in available:
             raise _missing_column(key, col, path, available, seen)
     return _wanted_columns(spec)
@@ -282,10 +298,23 @@ def check_dataset(paths: list[str], spec: DatasetSpec) -> None:
             checked.add(fmt)
 
 
+def hex_digest(value, digits: int) -> str | None:
+    """A dataset's digest value as lowercase hex of `digits` digits, or None when it is
+    not one (raw digest bytes of the right length are taken as hex)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex() if len(value) * 2 == digits else None
+    if not isinstance(value, str):
+        return None
+    value = value.strip().lower()
+    return value if _HEX[digits].fullmatch(value) else None
+
+
 def records_of_block(unit: ReadUnit, position: int, block: dict[str, list], spec: DatasetSpec) -> Iterator[dict]:
     urls = block[spec.url_col]
     captions = block.get(spec.caption_col, [None] * len(urls))
     keys = block.get(spec.id_col) if spec.id_col else None
+    md5s = block.get(spec.md5_col) if spec.md5_col else None
+    sha256s = block.get(spec.sha256_col) if spec.sha256_col else None
     for offset, url in enumerate(urls):
         key = None if keys is None or keys[offset] is None else str(keys[offset])
         row_id = key if key is not None else f"{unit.source}:{position + offset}"
@@ -296,6 +325,12 @@ def records_of_block(unit: ReadUnit, position: int, block: dict[str, list], spec
             caption if isinstance(caption, str) or caption is None else str(caption),
             row_key=key,
         )
+        if md5s is not None:
+            record["content_md5"] = hex_digest(md5s[offset], 32)
+        if sha256s is not None:
+            record["content_sha256"] = hex_digest(sha256s[offset], 64)
+        if spec.positions:
+            record[POSITION_KEY] = (unit.path, position + offset)
         if isinstance(url, str) and url.strip():
             record["url_sha256"] = url_sha256_of(url)
         else:
@@ -327,14 +362,25 @@ class _ReadUnitRecords(beam.DoFn):
 
 
 class ReadDataset(beam.PTransform):
-    """Files -> audit records (one per input row), spread over workers by read unit."""
+    """Files -> audit records (one per input row), spread over workers by read unit.
 
-    def __init__(self, paths: list[str], spec: DatasetSpec):
+    `units`: read these units only, planned beforehand (a local run's group of rows,
+    pipelines/local_driver.py), instead of every unit of `paths`."""
+
+    def __init__(self, paths: list[str], spec: DatasetSpec, units: list[ReadUnit] | None = None):
         super().__init__()
         self._paths = paths
         self._spec = spec
+        self._units = list(units) if units is not None else None
 
     def expand(self, pbegin):
+        if self._units is not None:
+            return (
+                pbegin
+                | "Units" >> beam.Create(self._units)
+                | "SpreadUnits" >> beam.Reshuffle()
+                | "ReadRows" >> beam.ParDo(_ReadUnitRecords(self._spec))
+            )
         sources = source_names(self._paths)
         return (
             pbegin

@@ -140,12 +140,13 @@ def _parquet_tables(prefix: str, schema, num_shards: int = 0) -> beam.io.WriteTo
 
 
 class WriteAudit(beam.PTransform):
-    """Tables of audit rows -> `<output>/audit/part-*.parquet` (one row per input row),
-    counted by Beam's metrics on the way in (`audit/rows_audited`, `audit/status_*`)."""
+    """Tables of audit rows -> `<output>/audit/<prefix>part-*.parquet` (one row per input
+    row), counted by Beam's metrics on the way in (`audit/rows_audited`, `audit/status_*`).
+    `prefix` names one part of a run's outputs (a local run's group, `g00003-`)."""
 
-    def __init__(self, output_path: str, num_shards: int = 0):
+    def __init__(self, output_path: str, num_shards: int = 0, prefix: str = ""):
         super().__init__()
-        self._prefix = output_dir(output_path, "audit/part")
+        self._prefix = output_dir(output_path, f"audit/{prefix}part")
         self._num_shards = num_shards
 
     def expand(self, tables):
@@ -171,21 +172,22 @@ class WriteRemovals(beam.PTransform):
     """Tables of audit rows -> `removals/` (operator only) and `published/` (safe to
     post), made of the removed rows by `removal_rows` and `published_row`."""
 
-    def __init__(self, output_path: str):
+    def __init__(self, output_path: str, prefix: str = ""):
         super().__init__()
         self._output = output_path
+        self._part = f"{prefix}part"
 
     def expand(self, tables):
         removed = tables | "RemovedRows" >> beam.FlatMap(_removed_records)
         removals = (
             removed
             | "RemovalRows" >> beam.FlatMap(removal_rows)
-            | "WriteRemovals" >> _parquet(output_dir(self._output, "removals/part"), REMOVAL_SCHEMA)
+            | "WriteRemovals" >> _parquet(output_dir(self._output, f"removals/{self._part}"), REMOVAL_SCHEMA)
         )
         published = (
             removed
             | "PublishedRows" >> beam.Map(published_row)
-            | "WritePublished" >> _parquet(output_dir(self._output, "published/part"), PUBLISHED_SCHEMA)
+            | "WritePublished" >> _parquet(output_dir(self._output, f"published/{self._part}"), PUBLISHED_SCHEMA)
         )
         return removals, published
 
@@ -199,9 +201,9 @@ class WriteReview(beam.PTransform):
     """Tables of audit rows -> `review/`: the rows whose action is review (labels,
     scores, caption flags, reasons)."""
 
-    def __init__(self, output_path: str):
+    def __init__(self, output_path: str, prefix: str = ""):
         super().__init__()
-        self._prefix = output_dir(output_path, "review/part")
+        self._prefix = output_dir(output_path, f"review/{prefix}part")
 
     def expand(self, tables):
         return (
@@ -218,9 +220,9 @@ class WriteEmbeddings(beam.PTransform):
     """Embedded records -> `embeddings/` (row_id, float16 vector). Only when asked:
     an embedding says much about an image."""
 
-    def __init__(self, output_path: str):
+    def __init__(self, output_path: str, prefix: str = ""):
         super().__init__()
-        self._prefix = output_dir(output_path, "embeddings/part")
+        self._prefix = output_dir(output_path, f"embeddings/{prefix}part")
 
     def expand(self, records):
         return (
@@ -303,11 +305,12 @@ def summary_payload(counts: dict, rows_in: int, extra: dict) -> dict:
 
 class WriteSummary(beam.PTransform):
     """Write `<output>/report/summary.json` from tables of audit rows and the count of
-    rows read (a PCollection of one int)."""
+    rows read (a PCollection of one int); to `path` instead when given (a local run's
+    group writes its own, summed into summary.json by pipelines/local_driver.py)."""
 
-    def __init__(self, output_path: str, extra: dict | None = None):
+    def __init__(self, output_path: str, extra: dict | None = None, path: str | None = None):
         super().__init__()
-        self._path = summary_path(output_path)
+        self._path = path or summary_path(output_path)
         self._extra = extra or {}
 
     def expand(self, pcolls):
@@ -322,3 +325,50 @@ class WriteSummary(beam.PTransform):
 
 def summary_path(output_path: str) -> str:
     return output_dir(output_dir(output_path, "report"), "summary.json")
+
+
+# The counts of a summary that add up over parts of a run (a local run's groups).
+SUMMED_COUNTS = ("rows_in", "rows_audited", "bytes_fetched")
+SUMMED_TALLIES = ("status", "action", "labels", "caption_flags", "matched_lists")
+
+
+def sum_summaries(summaries: list[dict]) -> dict:
+    """The counts of several summaries (parts of one run) added up: the numbers of
+    SUMMED_COUNTS and, key by key, the tallies of SUMMED_TALLIES."""
+    total: dict = {key: 0 for key in SUMMED_COUNTS}
+    total.update({key: collections.Counter() for key in SUMMED_TALLIES})
+    for summary in summaries:
+        for key in SUMMED_COUNTS:
+            total[key] += int(summary.get(key) or 0)
+        for key in SUMMED_TALLIES:
+            total[key].update(summary.get(key) or {})
+    return {key: dict(value) if isinstance(value, collections.Counter) else value for key, value in total.items()}
+
+
+PART_DIRS = ("audit", "removals", "published", "review", "embeddings")
+
+
+def clear_parts(output_path: str, keep_prefixes: tuple[str, ...]) -> list[str]:
+    """Remove from the part folders (PART_DIRS) every entry whose name starts with none
+    of `keep_prefixes`: a killed group's partial shards, Beam's temp folders, an older
+    run's parts. Returns what was removed."""
+    removed = []
+    for name in PART_DIRS:
+        folder = output_dir(output_path, name)
+        if paths.is_remote(folder):
+            found = FileSystems.match([folder + "/**"])[0].metadata_list
+            stale = [m.path for m in found if not m.path[len(folder) + 1:].startswith(keep_prefixes)]
+            if stale:
+                FileSystems.delete(stale)
+            removed += stale
+        elif os.path.isdir(folder):
+            for entry in sorted(os.listdir(folder)):
+                if keep_prefixes and entry.startswith(keep_prefixes):
+                    continue
+                full = os.path.join(folder, entry)
+                if os.path.isdir(full):
+                    shutil.rmtree(full)
+                else:
+                    os.remove(full)
+                removed.append(full)
+    return removed
