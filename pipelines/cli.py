@@ -107,25 +107,14 @@ def runner_config(args: argparse.Namespace):
     runner section is read: the dataset, lists, thresholds and policies come from the
     audit and the flags, so an audit's own config can be given as is (its other sections
     are not validated; a top-level name that is no section of a config is refused)."""
-    import yaml
     from pydantic import ValidationError
 
-    from pipelines.config import AuditConfig, RunnerConfig, _one_line, apply_override
+    from pipelines.config import AuditConfig, RunnerConfig, _one_line, apply_override, read_config_file
     from pipelines.runners import check_runner
 
     data: dict = {}
     if args.config is not None:
-        path = Path(args.config)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except OSError as err:
-            raise ConfigError(f"config: cannot read '{path}' ({err.strerror})") from None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"config: '{path}' is not valid YAML{where}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config: '{path}' must hold a mapping of sections")
+        data = read_config_file(args.config)
         unknown = sorted(str(key) for key in data if key not in AuditConfig.model_fields)
         if unknown:
             raise ConfigError(f"{unknown[0]}: unknown key")

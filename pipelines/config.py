@@ -229,7 +229,8 @@ def _check_policies(config: AuditConfig) -> None:
             raise ConfigError(f"{err.where}: {err.one_line()}") from None
 
 
-def load_config(path: str | Path, overrides: list[str] = (), check_files: bool = True) -> AuditConfig:
+def read_config_file(path: str | Path) -> dict:
+    """A config file's sections as plain data, unvalidated; one-line errors naming it."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -243,6 +244,11 @@ def load_config(path: str | Path, overrides: list[str] = (), check_files: bool =
         raise ConfigError(f"config: '{path}' is not valid YAML{where}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config: '{path}' must hold a mapping of sections")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] = (), check_files: bool = True) -> AuditConfig:
+    data = read_config_file(path)
     for assignment in overrides:
         apply_override(data, assignment)
     # Relative paths in a config file are relative to the working directory, like the CLI.
