@@ -78,9 +78,9 @@ class FetchSettings:
     refetch_older_than: str | None = None
     refetch_statuses: tuple[str, ...] = ()
 
-    @field_validator("allowed_private_hosts", mode="before")
+    @field_validator("allowed_private_hosts", "refetch_statuses", mode="before")
     @classmethod
-    def _hosts_as_list(cls, value: Any) -> Any:
+    def _as_list(cls, value: Any) -> Any:
         # Like every list key: one string is a list of one, null an empty list.
         if value is None:
             return ()
@@ -92,13 +92,6 @@ class FetchSettings:
         if value is not None:
             parse_duration(value)
         return value
-
-    @field_validator("refetch_statuses", mode="before")
-    @classmethod
-    def _statuses_as_list(cls, value: Any) -> Any:
-        if value is None:
-            return ()
-        return (value,) if isinstance(value, str) else value
 
     @field_validator("refetch_statuses")
     @classmethod
