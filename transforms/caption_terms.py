@@ -1,13 +1,15 @@
 """The caption-terms data file: the vocabulary behind the caption flags, validated.
 
 Everything that is vocabulary (medical terms in five languages, titles and given names,
-street words, the words that announce a phone or an ID number, the sites whose paths are
-account names) lives in ``transforms/data/caption_terms.yaml``; transforms/captions.py
-builds its patterns from the `CaptionTerms` read here. A bad file fails at load with one
-message naming the list, never as a pattern that silently stops matching: YAML reads a
-bare ``no`` or ``on`` as a boolean, and a dropped section would just flag nothing. Words
-that are matched case- and accent-insensitively are stored folded (`fold_text`), so the
-scanner compares like with like. The packaged file is read once per process.
+street words, the words that announce a phone or an ID number, birth words and month
+names, the sites whose paths are account names) lives in
+``transforms/data/caption_terms.yaml``; transforms/captions/ builds its patterns from the
+`CaptionTerms` read here. The file is validated by pydantic models (`CaptionTermsFile`):
+a bad file fails at load with one line naming the key (``contexts.phone.3: ...``), never
+as a pattern that silently stops matching: YAML reads a bare ``no`` or ``on`` as a
+boolean, and a dropped section would just flag nothing. Words that are matched case- and
+accent-insensitively are stored folded (`fold_text`), so the scanner compares like with
+like. The packaged file is read once per process.
 """
 from __future__ import annotations
 
@@ -15,14 +17,16 @@ import functools
 import importlib.resources
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import BeforeValidator, Field, field_validator
 
-# Languages the medical terms must cover.
+from transforms.data_file import StrictModel, parse_yaml, validate_data
+
+# Languages the medical terms, birth words and month names must cover.
 REQUIRED_LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "pt")
 
 _TERMS_PACKAGE = "transforms"
@@ -56,6 +60,112 @@ def fold_text(text: str) -> str:
 
 # --------------------------------------------------------------------------- data file
 
+def _word(value: Any) -> Any:
+    # YAML reads a bare no/on/yes as a boolean: catch it here, not as a silent miss.
+    if not isinstance(value, str) or not value.strip() or value != value.strip():
+        raise ValueError(
+            f"must be a non-empty string without surrounding spaces, got {value!r} "
+            '(quote words like "no" and "on")'
+        )
+    return value
+
+
+Word = Annotated[str, BeforeValidator(_word)]
+WordList = Annotated[list[Word], Field(min_length=1)]
+
+
+class _PerLanguage(StrictModel):
+    """One word list per covered language."""
+
+    en: WordList
+    de: WordList
+    fr: WordList
+    es: WordList
+    pt: WordList
+
+
+class BirthWords(_PerLanguage):
+    """Words after which a date is a date of birth ("born", "geboren", "née")."""
+
+    it: WordList | None = None  # Italian: the codice fiscale's country
+
+
+class MonthNames(StrictModel):
+    """Twelve entries per language, January first; each the spellings of that month."""
+
+    en: list[WordList]
+    de: list[WordList]
+    fr: list[WordList]
+    es: list[WordList]
+    pt: list[WordList]
+    it: list[WordList] | None = None
+
+    @field_validator("*")
+    @classmethod
+    def _twelve(cls, value: list | None) -> list | None:
+        if value is not None and len(value) != 12:
+            raise ValueError(f"must list 12 months, got {len(value)}")
+        return value
+
+
+class NamesSection(StrictModel):
+    titles: WordList
+    particles: WordList
+    patient_words: WordList
+    given_names: WordList
+    not_names: WordList
+
+
+class StreetsSection(StrictModel):
+    en_suffixes: WordList
+    en_not_names: WordList
+    de_suffixes: WordList
+    de_words: WordList
+    fr_prefixes: WordList
+    es_pt_prefixes: WordList
+
+
+class ContextsSection(StrictModel):
+    """Words that announce a number: what follows them is read as that number."""
+
+    phone: WordList
+    passport: WordList
+    id_card: WordList
+    ssn: WordList
+    cpf: WordList
+    insee: WordList
+    cnpj: WordList
+    nif: WordList
+    steuer_id: WordList
+    nhs: WordList
+    payment_card: WordList
+    handle: WordList
+
+
+class DatesSection(StrictModel):
+    birth_words: BirthWords
+    months: MonthNames
+
+
+class SocialProfileEntry(StrictModel):
+    host: Annotated[str, Field(pattern=r"^[a-z0-9-]+(?:\.[a-z0-9-]+)+$")]
+    reserved: WordList | None = None
+    handle_prefix: str = ""
+    path_prefix: str = ""
+
+
+class CaptionTermsFile(StrictModel):
+    """The caption-terms YAML file, as written."""
+
+    version: Literal[1]
+    medical_terms: _PerLanguage
+    names: NamesSection
+    streets: StreetsSection
+    contexts: ContextsSection
+    dates: DatesSection
+    social_profiles: Annotated[list[SocialProfileEntry], Field(min_length=1)]
+
+
 @dataclass(frozen=True)
 class SocialProfileHost:
     """A site whose first path segment is an account name (instagram.com/<name>)."""
@@ -84,115 +194,57 @@ class CaptionTerms:
     es_pt_street_prefixes: tuple[str, ...]
     contexts: dict[str, tuple[str, ...]]
     social_profiles: tuple[SocialProfileHost, ...]
-
-
-_NAMES_KEYS = ("titles", "particles", "patient_words", "given_names", "not_names")
-_STREETS_KEYS = (
-    "en_suffixes", "en_not_names", "de_suffixes", "de_words", "fr_prefixes", "es_pt_prefixes"
-)
-_CONTEXT_KEYS = ("phone", "passport", "id_card", "ssn", "cpf", "insee", "handle")
-_PROFILE_KEYS = ("host", "reserved", "handle_prefix", "path_prefix")
-_HOST_SHAPE = re.compile(r"^[a-z0-9-]+(?:\.[a-z0-9-]+)+$")
-
-
-def _mapping(source: str, where: str, value: Any, required: Sequence[str]) -> dict:
-    if not isinstance(value, dict):
-        raise CaptionTermsError(f"{source}: {where} must be a mapping")
-    missing = [key for key in required if key not in value]
-    if missing:
-        raise CaptionTermsError(f"{source}: {where} is missing {', '.join(missing)}")
-    return value
-
-
-def _words(source: str, where: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value:
-        raise CaptionTermsError(f"{source}: {where} must be a non-empty list of strings")
-    for i, word in enumerate(value):
-        # YAML reads a bare no/on/yes as a boolean: catch it here, not as a silent miss.
-        if not isinstance(word, str) or not word.strip() or word != word.strip():
-            raise CaptionTermsError(
-                f"{source}: {where}[{i}] must be a non-empty string without surrounding "
-                f"spaces, got {word!r} (quote words like \"no\" and \"on\")"
-            )
-    return tuple(dict.fromkeys(value))
+    # Birth words per language, folded.
+    birth_words: dict[str, tuple[str, ...]]
+    # Month spellings, lower case as written and folded ("märz", "marz") -> 1..12.
+    months: dict[str, int]
 
 
 def _folded(words: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(fold_text(word) for word in words))
 
 
+def _languages(section: StrictModel) -> dict[str, Any]:
+    return {lang: value for lang, value in section if value is not None}
+
+
 def parse_caption_terms(data: Any, source: str = _TERMS_RESOURCE) -> CaptionTerms:
     """Validate the parsed YAML of a caption-terms file; raise CaptionTermsError if bad."""
-    top = _mapping(
-        source, "the top level", data,
-        ("version", "medical_terms", "names", "streets", "contexts", "social_profiles"),
-    )
-    unknown = sorted(set(top) - {"version", "medical_terms", "names", "streets", "contexts",
-                                 "social_profiles"})
-    if unknown:
-        raise CaptionTermsError(f"{source}: unknown section(s) {', '.join(map(str, unknown))}")
-    if top["version"] != 1:
-        raise CaptionTermsError(f"{source}: version must be 1, got {top['version']!r}")
-
-    medical = _mapping(source, "medical_terms", top["medical_terms"], REQUIRED_LANGUAGES)
-    medical_terms = {
-        str(lang): _folded(_words(source, f"medical_terms.{lang}", terms))
-        for lang, terms in medical.items()
-    }
-    names = _mapping(source, "names", top["names"], _NAMES_KEYS)
-    name_lists = {key: frozenset(_folded(_words(source, f"names.{key}", names[key])))
-                  for key in _NAMES_KEYS}
-    streets = _mapping(source, "streets", top["streets"], _STREETS_KEYS)
-    street_lists = {key: _words(source, f"streets.{key}", streets[key])
-                    for key in _STREETS_KEYS}
-    contexts = _mapping(source, "contexts", top["contexts"], _CONTEXT_KEYS)
-    context_lists = {key: _folded(_words(source, f"contexts.{key}", contexts[key]))
-                     for key in _CONTEXT_KEYS}
-
-    profiles_raw = top["social_profiles"]
-    if not isinstance(profiles_raw, list) or not profiles_raw:
-        raise CaptionTermsError(f"{source}: social_profiles must be a non-empty list")
-    profiles = []
-    for i, entry in enumerate(profiles_raw):
-        where = f"social_profiles[{i}]"
-        entry = _mapping(source, where, entry, ("host",))
-        extra = sorted(set(entry) - set(_PROFILE_KEYS))
-        if extra:
-            raise CaptionTermsError(f"{source}: {where} has unknown key(s) {', '.join(extra)}")
-        host = entry["host"]
-        if not isinstance(host, str) or not _HOST_SHAPE.match(host):
-            raise CaptionTermsError(f"{source}: {where}.host must be a lower-case host name, "
-                                    f"got {host!r}")
-        for key in ("handle_prefix", "path_prefix"):
-            if not isinstance(entry.get(key, ""), str):
-                raise CaptionTermsError(f"{source}: {where}.{key} must be a string")
-        reserved = entry.get("reserved")
-        profiles.append(
-            SocialProfileHost(
-                host=host,
-                reserved=frozenset(
-                    word.lower() for word in _words(source, f"{where}.reserved", reserved)
-                ) if reserved is not None else frozenset(),
-                handle_prefix=entry.get("handle_prefix", ""),
-                path_prefix=entry.get("path_prefix", ""),
-            )
-        )
-
+    raw = validate_data(data, CaptionTermsFile, source, CaptionTermsError)
+    months: dict[str, int] = {}
+    for spellings in _languages(raw.dates.months).values():
+        for number, words in enumerate(spellings, start=1):
+            for word in words:
+                for form in (word.lower(), fold_text(word)):
+                    if months.setdefault(form, number) != number:
+                        raise CaptionTermsError(
+                            f"{source}: dates.months: {word!r} names two different months"
+                        )
     return CaptionTerms(
-        medical_terms=medical_terms,
-        titles=name_lists["titles"],
-        particles=name_lists["particles"],
-        patient_words=name_lists["patient_words"],
-        given_names=name_lists["given_names"],
-        not_names=name_lists["not_names"],
-        en_street_suffixes=street_lists["en_suffixes"],
-        en_street_not_names=frozenset(_folded(street_lists["en_not_names"])),
-        de_street_suffixes=street_lists["de_suffixes"],
-        de_street_words=street_lists["de_words"],
-        fr_street_prefixes=street_lists["fr_prefixes"],
-        es_pt_street_prefixes=street_lists["es_pt_prefixes"],
-        contexts=context_lists,
-        social_profiles=tuple(profiles),
+        medical_terms={lang: _folded(words) for lang, words in _languages(raw.medical_terms).items()},
+        titles=frozenset(_folded(raw.names.titles)),
+        particles=frozenset(_folded(raw.names.particles)),
+        patient_words=frozenset(_folded(raw.names.patient_words)),
+        given_names=frozenset(_folded(raw.names.given_names)),
+        not_names=frozenset(_folded(raw.names.not_names)),
+        en_street_suffixes=tuple(dict.fromkeys(raw.streets.en_suffixes)),
+        en_street_not_names=frozenset(_folded(raw.streets.en_not_names)),
+        de_street_suffixes=tuple(dict.fromkeys(raw.streets.de_suffixes)),
+        de_street_words=tuple(dict.fromkeys(raw.streets.de_words)),
+        fr_street_prefixes=tuple(dict.fromkeys(raw.streets.fr_prefixes)),
+        es_pt_street_prefixes=tuple(dict.fromkeys(raw.streets.es_pt_prefixes)),
+        contexts={key: _folded(words) for key, words in raw.contexts},
+        social_profiles=tuple(
+            SocialProfileHost(
+                host=entry.host,
+                reserved=frozenset(w.lower() for w in entry.reserved or ()),
+                handle_prefix=entry.handle_prefix,
+                path_prefix=entry.path_prefix,
+            )
+            for entry in raw.social_profiles
+        ),
+        birth_words={lang: _folded(words) for lang, words in _languages(raw.dates.birth_words).items()},
+        months=months,
     )
 
 
@@ -203,9 +255,8 @@ def load_caption_terms(path: str | None = None) -> CaptionTerms:
         resource = importlib.resources.files(_TERMS_PACKAGE).joinpath(_TERMS_RESOURCE)
         text, source = resource.read_text(encoding="utf-8"), _TERMS_RESOURCE
     else:
-        text, source = Path(path).read_text(encoding="utf-8"), str(path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise CaptionTermsError(f"{source}: not valid YAML: {err}") from None
-    return parse_caption_terms(data, source)
+        try:
+            text, source = Path(path).read_text(encoding="utf-8"), str(path)
+        except OSError as err:
+            raise CaptionTermsError(f"{path}: cannot read ({err.strerror})") from None
+    return parse_caption_terms(parse_yaml(text, source, CaptionTermsError), source)

@@ -1,29 +1,29 @@
 """The sensitive-content categories: a YAML file of names, prompts and thresholds.
 
 Kept apart from the classifier (and from torch) so that a config can be checked, and a
-policy expression's names resolved, without loading a model.
+policy expression's names resolved, without loading a model. The file is validated by
+pydantic models (`CategoriesFile`); a bad file is one line naming the file and the key,
+as config errors are (``categories.yaml: categories.face.threshold: ...``).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from transforms.data_file import StrictModel, parse_yaml, validate_data
 from transforms.paths import has_scheme
 
 DEFAULT_CATEGORIES = Path(__file__).parent / "data" / "categories.yaml"
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_TOP_KEYS = {"neutral_prompts", "categories"}
-_CATEGORY_KEYS = {"threshold", "prompts", "negative_prompts", "head"}
+_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 
 
 class CategoryError(ValueError):
     """A categories file that cannot be used; the message names the category and key."""
-
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,50 @@ class CategorySpec:
 # ------------------------------------------------------------------ categories file
 
 
-def _prompt_list(value: Any, where: str, required: bool) -> tuple[str, ...]:
-    if value is None and not required:
-        return ()
-    if not isinstance(value, list) or (required and not value):
-        raise CategoryError(f"{where}: must be a non-empty list of strings")
-    for item in value:
-        if not isinstance(item, str) or not item.strip():
-            raise CategoryError(f"{where}: every prompt must be a non-empty string, got {item!r}")
-    return tuple(item.strip() for item in value)
+def _prompt(value: Any) -> Any:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"every prompt must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+Prompt = Annotated[str, BeforeValidator(_prompt)]
+
+
+class CategoryBody(StrictModel):
+    """One category: a zero-shot choice (prompts) or a trained head, and its threshold."""
+
+    threshold: Annotated[float, Field(ge=0.0, le=1.0)]
+    prompts: list[Prompt] | None = None
+    negative_prompts: list[Prompt] | None = None
+    head: Annotated[str, Field(min_length=1, pattern=r"\S")] | None = None
+
+    @model_validator(mode="after")
+    def _prompts_unless_head(self) -> CategoryBody:
+        if self.head is None and not self.prompts:
+            raise ValueError("prompts: must be a non-empty list of strings (or give a head)")
+        return self
+
+
+class CategoriesFile(StrictModel):
+    """The categories YAML file, as written."""
+
+    neutral_prompts: list[Prompt] | None = None
+    categories: Annotated[dict[str, CategoryBody], Field(min_length=1)]
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name in value:
+                if not isinstance(name, str) or not _matches_name(name):
+                    raise ValueError(
+                        f"category names are lowercase letters, digits and '_', got {name!r}"
+                    )
+        return value
+
+
+def _matches_name(name: str) -> bool:
+    return re.match(_NAME_PATTERN, name) is not None
 
 
 def load_categories(path: str | Path | None = None) -> list[CategorySpec]:
@@ -59,44 +94,22 @@ def load_categories(path: str | Path | None = None) -> list[CategorySpec]:
     path = Path(path) if path is not None else DEFAULT_CATEGORIES
     where = path.name
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except OSError as err:
         raise CategoryError(f"{path}: cannot read ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        raise CategoryError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
-    if not isinstance(data, dict):
-        raise CategoryError(f"{where}: must be a mapping with 'neutral_prompts' and 'categories'")
-    unknown = set(data) - _TOP_KEYS
-    if unknown:
-        raise CategoryError(f"{where}: unknown key '{sorted(unknown)[0]}'")
-    neutral = _prompt_list(data.get("neutral_prompts"), f"{where}: neutral_prompts", required=False)
-    categories = data.get("categories")
-    if not isinstance(categories, dict) or not categories:
-        raise CategoryError(f"{where}: 'categories' must be a non-empty mapping of name -> settings")
-
+    raw = validate_data(parse_yaml(text, where, CategoryError), CategoriesFile, where, CategoryError)
+    neutral = tuple(raw.neutral_prompts or ())
     specs = []
-    for name, body in categories.items():
-        at = f"{where}: category '{name}'"
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise CategoryError(f"{at}: names are lowercase letters, digits and '_'")
-        if not isinstance(body, dict):
-            raise CategoryError(f"{at}: must be a mapping with 'threshold' and 'prompts'")
-        unknown = set(body) - _CATEGORY_KEYS
-        if unknown:
-            raise CategoryError(f"{at}: unknown key '{sorted(unknown)[0]}'")
-        threshold = body.get("threshold")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-                or not 0.0 <= float(threshold) <= 1.0:
-            raise CategoryError(f"{at}: threshold must be a number in [0, 1], got {threshold!r}")
-        head = body.get("head")
-        if head is not None and (not isinstance(head, str) or not head.strip()):
-            raise CategoryError(f"{at}: head must be a file path, got {head!r}")
+    for name, body in raw.categories.items():
+        head = body.head
         if head is not None and not Path(head).is_absolute() and not has_scheme(head):
             head = str(path.parent / head)
-        prompts = _prompt_list(body.get("prompts"), f"{at}: prompts", required=head is None)
-        own_negatives = _prompt_list(body.get("negative_prompts"), f"{at}: negative_prompts", required=False)
-        negatives = tuple(dict.fromkeys(neutral + own_negatives))
+        negatives = tuple(dict.fromkeys(neutral + tuple(body.negative_prompts or ())))
         if head is None and not negatives:
-            raise CategoryError(f"{at}: needs neutral_prompts or negative_prompts to compete with")
-        specs.append(CategorySpec(name, prompts, float(threshold), head, negatives))
+            raise CategoryError(
+                f"{where}: categories.{name}: needs neutral_prompts or negative_prompts "
+                "to compete with"
+            )
+        specs.append(CategorySpec(name, tuple(body.prompts or ()), float(body.threshold),
+                                  head, negatives))
     return specs
