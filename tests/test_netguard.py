@@ -141,11 +141,6 @@ def test_public_addresses_are_allowed(address: str) -> None:
         "http://user:pass@127.0.0.1:80/",
         "https://10.0.0.1/",
         "http://10.1/",
-        "http://169.254.169.254/latest/meta-data/",
-        "http://[fd00:ec2::254]/latest/meta-data/",
-        "http://metadata.google.internal/computeMetadata/v1/",
-        "http://METADATA.GOOGLE.INTERNAL./computeMetadata/v1/",
-        "http://100.100.100.200/latest/meta-data/",
         "http://127\u30020\u30020\u30021/",  # ideographic full stops, normalised by IDNA
         "http://\uff11\uff12\uff17.0.0.1/",  # full-width digits
         "http://[fe80::1%25eth0]/",
@@ -158,6 +153,51 @@ def test_check_url_blocks_forbidden_literals(url: str) -> None:
     assert verdict.url is None
     # Turning the guard off lets the same URL through with its form intact.
     assert check_url(url, allow_private_networks=True).ok
+
+
+# Cloud metadata endpoints in the spellings the guard reads (section "literals" above).
+METADATA_URLS = [
+    "http://169.254.169.254/latest/meta-data/",
+    "http://2852039166/latest/meta-data/",  # one decimal number
+    "http://0xa9fea9fe/",  # one hex number
+    "http://0251.0376.0251.0376/",  # octal parts
+    "http://169.254.43518/",  # short form
+    "http://169.254.169.254./",
+    "http://[::ffff:169.254.169.254]/",  # IPv4-mapped
+    "http://[::ffff:a9fe:a9fe]/",
+    "http://[64:ff9b::a9fe:a9fe]/",  # NAT64
+    "http://[2002:a9fe:a9fe::1]/",  # 6to4
+    "http://[fd00:ec2::254]/latest/meta-data/",
+    "http://[FD00:EC2:0:0::254]/",
+    "http://169.254.170.2/v2/credentials",
+    "http://100.100.100.200/latest/meta-data/",
+    "http://192.0.0.192/opc/v2/instance/",
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://METADATA.GOOGLE.INTERNAL./computeMetadata/v1/",
+    "http://\uff4d\uff45\uff54\uff41\uff44\uff41\uff54\uff41.google.internal/",  # full-width letters
+    "http://metadata/computeMetadata/v1/",
+    "http://instance-data/latest/",
+    "http://user@metadata.goog/",
+]
+
+
+@pytest.mark.parametrize("url", METADATA_URLS)
+@pytest.mark.parametrize("settings", [{}, {"allow_private_networks": True}],
+                         ids=["guarded", "private-networks-allowed"])
+def test_metadata_endpoints_are_refused_whatever_the_switch_says(url: str, settings: dict) -> None:
+    verdict = check_url(url, **settings)
+    assert (verdict.ok, verdict.status, verdict.url) == (False, "blocked_address", None)
+    assert "metadata" in verdict.reason
+
+
+def test_only_an_exact_allowed_hosts_entry_opens_a_metadata_endpoint() -> None:
+    url = "http://169.254.169.254:8080/latest/meta-data/"
+    for other in (["2852039166"], ["169.254.169.254:80"], ["[::ffff:169.254.169.254]"],
+                  ["metadata.google.internal"]):
+        assert not check_url(url, allow_private_networks=True, allowed_hosts=other).ok, other
+    assert check_url(url, allowed_hosts=["169.254.169.254"]).ok
+    assert check_url(url, allowed_hosts=["169.254.169.254:8080"]).ok
+    assert check_url("http://metadata.google.internal/", allowed_hosts=["metadata.google.internal"]).ok
 
 
 @pytest.mark.parametrize(
@@ -307,6 +347,27 @@ def test_resolver_refuses_a_name_if_any_of_its_addresses_is_forbidden(addresses)
     with pytest.raises(BlockedAddressError) as info:
         _resolve(GuardedResolver(_FixedAnswers(addresses)), "rebinding.example")
     assert info.value.host == "rebinding.example"
+
+
+@pytest.mark.parametrize("address", ["169.254.169.254", "fd00:ec2::254", "100.100.100.200",
+                                     "::ffff:169.254.169.254"])
+def test_resolver_refuses_metadata_answers_even_with_private_networks_allowed(address) -> None:
+    # A name the attacker controls, answered with a metadata address: refused; a private
+    # answer passes with the switch on (that is what the switch is for).
+    with pytest.raises(BlockedAddressError) as info:
+        _resolve(GuardedResolver(_FixedAnswers([address]), allow_private_networks=True), "rebind.example")
+    assert "metadata" in info.value.reason
+    assert _resolve(GuardedResolver(_FixedAnswers(["10.0.0.7"]), allow_private_networks=True), "lan.example")
+    exempt = GuardedResolver(_FixedAnswers([address]), allowed_hosts=["rebind.example"])
+    assert [i["host"] for i in _resolve(exempt, "rebind.example")] == [address]
+
+
+@pytest.mark.off_machine
+@pytest.mark.parametrize("name", ["metadata.google.internal", "METADATA.goog.", "instance-data"])
+def test_resolver_refuses_metadata_names_with_private_networks_allowed(name: str) -> None:
+    with pytest.raises(BlockedAddressError) as info:
+        _resolve(GuardedResolver(allow_private_networks=True), name)
+    assert "metadata" in info.value.reason
 
 
 def test_resolver_returns_every_public_answer() -> None:

@@ -25,18 +25,27 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 
-# Cloud instance-metadata endpoints: they hand out credentials to whoever asks.
+# Cloud instance-metadata endpoints: they hand out credentials to whoever asks. They are
+# refused whatever ``allow_private_networks`` says; only an exact ``allowed_hosts``
+# entry (the very spelling and port) lets one through.
 METADATA_ADDRESSES = frozenset(
     {
-        ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack, ...
+        ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack, DigitalOcean, ...
         ipaddress.ip_address("169.254.170.2"),  # AWS ECS task metadata
+        ipaddress.ip_address("169.254.170.23"),  # AWS EKS Pod Identity agent
+        ipaddress.ip_address("169.254.0.23"),  # Tencent Cloud
         ipaddress.ip_address("fd00:ec2::254"),  # AWS IMDS over IPv6
+        ipaddress.ip_address("fd00:ec2::23"),  # AWS EKS Pod Identity agent over IPv6
         ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
         ipaddress.ip_address("192.0.0.192"),  # Oracle Cloud
     }
 )
 METADATA_HOSTNAMES = frozenset(
-    {"metadata.google.internal", "metadata.goog", "metadata", "instance-data"}
+    {
+        "metadata.google.internal", "metadata.goog", "metadata", "instance-data",
+        "instance-data.ec2.internal", "metadata.tencentyun.com", "metadata.platformequinix.com",
+        "metadata.packet.net",
+    }
 )
 
 _SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT
@@ -153,6 +162,19 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4A
     return embedded
 
 
+def metadata_reason(ip: IPAddress) -> str | None:
+    """Why ``ip`` is a cloud metadata endpoint (or an IPv6 form reaching one), or None."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        ip = ipaddress.IPv6Address(ip.compressed.split("%", 1)[0])
+    if ip in METADATA_ADDRESSES:
+        return "cloud metadata address"
+    if isinstance(ip, ipaddress.IPv6Address):
+        for kind, inner in _embedded_ipv4(ip):
+            if inner in METADATA_ADDRESSES:
+                return f"{kind} form of {inner}: cloud metadata address"
+    return None
+
+
 def is_forbidden_address(ip: IPAddress | str) -> str | None:
     """Why the fetcher must not connect to ``ip``, or None for a public address."""
     if isinstance(ip, str):
@@ -261,16 +283,20 @@ def check_host(
 ) -> str | None:
     """Why the guard refuses ``host`` before any DNS lookup, or None.
 
-    Names that are not literals pass here; `GuardedResolver` checks what they resolve to.
+    Cloud metadata names and addresses are refused even with ``allow_private_networks``;
+    only an exact ``allowed_hosts`` entry opens one. Names that are not literals pass
+    here; `GuardedResolver` checks what they resolve to.
     """
-    if allow_private_networks or _is_exempt(_parse_exemptions(allowed_hosts), host, port):
+    if _is_exempt(_parse_exemptions(allowed_hosts), host, port):
         return None
     if _host_key(host) in METADATA_HOSTNAMES:
         return "cloud metadata host name"
     literal = parse_host_literal(host)
-    if literal is not None:
-        return is_forbidden_address(literal)
-    return None
+    if literal is None:
+        return None
+    if allow_private_networks:
+        return metadata_reason(literal)
+    return is_forbidden_address(literal)
 
 
 def check_url(
@@ -284,7 +310,7 @@ def check_url(
     ``invalid_url`` covers anything yarl cannot parse, schemes other than http(s), a
     missing host, and hosts that look like IP literals (digits and dots only, or
     containing ":") yet spell no address. Refuses address literals and metadata names
-    the guard forbids unless ``allow_private_networks`` (then only the form is checked).
+    the guard forbids; with ``allow_private_networks`` only metadata ones (and the form).
     Host names are resolved later, by `GuardedResolver`.
     """
     if isinstance(url, URL):
@@ -326,7 +352,9 @@ class GuardedResolver(aiohttp.abc.AbstractResolver):
     means no connection is ever opened to an address that was not checked, and there is
     no second lookup an attacker's DNS could answer differently. If any one address of
     a name is forbidden the whole name is refused: happy-eyeballs might pick any of them.
-    aiohttp does not call resolvers for IP literals: `check_url` covers those.
+    With ``allow_private_networks`` only metadata names and addresses are refused; an
+    exact ``allowed_hosts`` entry passes whatever it resolves to. aiohttp does not call
+    resolvers for IP literals: `check_url` covers those.
     """
 
     def __init__(
@@ -343,19 +371,17 @@ class GuardedResolver(aiohttp.abc.AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[aiohttp.abc.ResolveResult]:
-        guarded = not self._allow_private and not _is_exempt(self._exempt, host, port)
-        if guarded and _host_key(host) in METADATA_HOSTNAMES:
+        exempt = _is_exempt(self._exempt, host, port)
+        if not exempt and _host_key(host) in METADATA_HOSTNAMES:
             raise BlockedAddressError(host, "cloud metadata host name")
         if self._resolver is None:  # created lazily: it binds to the running loop
             self._resolver = DefaultResolver()
         infos = await self._resolver.resolve(host, port, family)
-        if guarded:
+        if not exempt:
+            check = metadata_reason if self._allow_private else is_forbidden_address
             for info in infos:
                 address = parse_host_literal(info["host"])
-                reason = (
-                    "resolver returned a non-address" if address is None
-                    else is_forbidden_address(address)
-                )
+                reason = "resolver returned a non-address" if address is None else check(address)
                 if reason is not None:
                     raise BlockedAddressError(host, f"resolves to {info['host']}: {reason}")
         return infos
