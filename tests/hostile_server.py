@@ -53,13 +53,24 @@ class HostileServer:
       /chunked?size=N          N bytes of image/jpeg, chunked: no Content-Length to refuse early
       /noai                    ``X-Robots-Tag: noai`` with a 1 MiB image body, sent slowly
       /robots?tag=VALUE        a PNG with ``X-Robots-Tag: VALUE``
+      /tdm?reservation=V&policy=URL  a 1 MiB image/jpeg sent slowly with TDMRep's
+                               ``tdm-reservation: V`` (and ``tdm-policy: URL`` when given)
       /bomb.png                a 20000 x 20000 PNG of a few tens of KiB
+      /busy/{name}?status=S&after=A  S (default 429, with ``Retry-After: A`` when given)
+                               while ``busy_left`` > 0 (each such answer counts it down),
+                               then a PNG
+      /slow/{name}?s=S         a PNG after S seconds (default 0.2); ``peak_in_flight``
+                               is the most /slow requests it ever answered at once
+      /robots.txt              as `set_robots` says: 404 by default; a body, a status, a
+                               delay before answering, or a redirect
 
-    ``requests`` lists the path of every request that reached the server, in order;
-    ``request_times`` the same as (path, ``time.monotonic()`` at arrival), so tests can
-    tell how long a client waited between attempts.
+    ``requests`` lists the path of every request that reached the server, in order,
+    except /robots.txt ones: those are counted in ``robots_requests``, so tests of images
+    need not care whether the fetcher read robots.txt first. ``request_times`` holds the
+    same as (path, ``time.monotonic()`` at arrival), so tests can tell how long a client
+    waited between attempts.
     ``body_bytes_sent[path]`` counts body bytes written by the streaming routes
-    (/noai, /endless, /big, /chunked), ``completed`` their responses that sent the whole body,
+    (/noai, /tdm, /endless, /big, /chunked), ``completed`` their responses that sent the whole body,
     ``disconnected`` those the client hung up on mid-body.
     """
 
@@ -80,6 +91,11 @@ class HostileServer:
         self._stopping: asyncio.Event | None = None
         self._png = make_png(0)
         self._bomb: bytes | None = None
+        self.robots_requests = 0
+        self.busy_left = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._robots_conf: dict = {"body": None, "status": 200, "delay_s": 0.0, "redirect": None}
         self.add_image("redirected", make_photo_jpeg(0, 64, 48))
 
     # ------------------------------------------------------------------ public API
@@ -94,6 +110,18 @@ class HostileServer:
             self._images[name] = (data, content_type)
         return f"/img/{name}"
 
+    def set_robots(self, body: str | bytes | None = None, status: int = 200, delay_s: float = 0.0,
+                   redirect: str | None = None) -> None:
+        """What /robots.txt answers: ``body`` with ``status`` (None: 404), after
+        ``delay_s``; or a 302 to ``redirect``."""
+        with self._lock:
+            self._robots_conf = {"body": body, "status": status, "delay_s": delay_s, "redirect": redirect}
+
+    def arrivals(self, prefix: str) -> list[float]:
+        """Monotonic arrival times of the requests whose path starts with ``prefix``."""
+        with self._lock:
+            return [t for p, t in self.request_times if p.startswith(prefix)]
+
     def arrival_times(self, path: str) -> list[float]:
         """Monotonic arrival times of the requests for ``path``, in order."""
         with self._lock:
@@ -103,6 +131,7 @@ class HostileServer:
         with self._lock:
             self.requests.clear()
             self.request_times.clear()
+            self.robots_requests = 0
 
     def wait_for(self, condition, timeout_s: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
         """Poll ``condition()`` until true or ``timeout_s``; the server notices a client
@@ -184,6 +213,10 @@ class HostileServer:
                 web.get("/noai", self._noai),
                 web.get("/robots", self._robots),
                 web.get("/bomb.png", self._bomb_png),
+                web.get("/busy/{name}", self._busy),
+                web.get("/tdm", self._tdm),
+                web.get("/slow/{name}", self._slow),
+                web.get("/robots.txt", self._robots_txt),
             ]
         )
         # A short shutdown grace: /hang and /endless must not hold up stop().
@@ -204,8 +237,11 @@ class HostileServer:
     async def _log_request(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
         arrived = time.monotonic()
         with self._lock:
-            self.requests.append(request.path)
-            self.request_times.append((request.path, arrived))
+            if request.path == "/robots.txt":
+                self.robots_requests += 1
+            else:
+                self.requests.append(request.path)
+                self.request_times.append((request.path, arrived))
         return await handler(request)
 
     def _first_time(self, key: str) -> bool:
@@ -354,6 +390,49 @@ class HostileServer:
             body=self._png,
             headers={"Content-Type": "image/png", "X-Robots-Tag": request.query.get("tag", "")},
         )
+
+    async def _tdm(self, request: web.Request) -> web.StreamResponse:
+        headers = {"Content-Type": "image/jpeg",
+                   "tdm-reservation": request.query.get("reservation", "1")}
+        if "policy" in request.query:
+            headers["tdm-policy"] = request.query["policy"]
+        response = web.StreamResponse(headers=headers)
+        response.content_length = 1 << 20
+        return await self._stream(request, response, 1 << 20, 0.05)
+
+    async def _slow(self, request: web.Request) -> web.Response:
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            await self._sleep_unless_stopping(float(request.query.get("s", "0.2")))
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+        return web.Response(body=self._png, content_type="image/png")
+
+    async def _busy(self, request: web.Request) -> web.Response:
+        with self._lock:
+            busy = self.busy_left > 0
+            self.busy_left -= busy
+        if busy:
+            after = request.query.get("after")
+            headers = {"Retry-After": after} if after else {}
+            return web.Response(status=int(request.query.get("status", "429")), text="busy",
+                                headers=headers)
+        return web.Response(body=self._png, content_type="image/png")
+
+    async def _robots_txt(self, request: web.Request) -> web.Response:
+        with self._lock:
+            robots = dict(self._robots_conf)
+        if robots["delay_s"] and await self._sleep_unless_stopping(robots["delay_s"]):
+            return web.Response(status=503, text="stopping")
+        if robots["redirect"]:
+            raise web.HTTPFound(robots["redirect"])
+        if robots["body"] is None:
+            raise web.HTTPNotFound()
+        body = robots["body"].encode() if isinstance(robots["body"], str) else robots["body"]
+        return web.Response(status=robots["status"], body=body, content_type="text/plain")
 
     async def _bomb_png(self, request: web.Request) -> web.Response:
         if self._bomb is None:

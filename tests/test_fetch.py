@@ -33,11 +33,12 @@ from transforms.fetch import (
     fetch_batch,
     opt_out_directives,
     parse_retry_after,
+    read_opt_out,
 )
 
-# Tests serve from 127.0.0.1, so the address guard is off unless a test turns it on.
+# Tests serve from 127.0.0.1: that one address (any port) is let through the guard.
 LOCAL = FetchSettings(
-    allow_private_networks=True,
+    allowed_private_hosts=("127.0.0.1",),
     timeout_s=2,
     connect_timeout_s=1,
     retries=2,
@@ -62,6 +63,11 @@ class _RawLocationHandler(http.server.BaseHTTPRequestHandler):
     HTTPFound re-parses the target, so it cannot send a Location yarl chokes on)."""
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path == "/robots.txt":
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(302)
         self.send_header("Location", parse_qs(urlsplit(self.path).query)["to"][0])
         self.send_header("Content-Length", "0")
@@ -352,7 +358,8 @@ def test_refused_connection_is_a_connection_error() -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    settings = replace(LOCAL, retries=1)
+    # (robots.txt off: with it on, the host's unreadable robots.txt decides first)
+    settings = replace(LOCAL, retries=1, respect_robots_txt=False)
     result = fetch_batch([f"http://127.0.0.1:{port}/a.jpg"], settings)[0]
     assert result.status == "connection_error"
     assert result.attempts == 2
@@ -450,7 +457,8 @@ def test_apply_fetch_result_leaves_the_input_alone() -> None:
 # --------------------------------------------------------------------------- Beam
 
 
-def test_fetch_transform_yields_one_row_per_input(server: HostileServer) -> None:
+@pytest.mark.parametrize("workers_per_host", [4, None], ids=["routed-by-host", "batched"])
+def test_fetch_transform_yields_one_row_per_input(server: HostileServer, workers_per_host) -> None:
     paths = ["/img/photo", "/404", "/html", "/noai", "/img/photo.png", "/empty", "/bomb.png"]
     rows = [records.new_record(f"r{i}", server.url(p), f"caption {i}") for i, p in enumerate(paths)]
     rows.append(records.new_record("garbage", "javascript:alert(1)", None))
@@ -474,7 +482,8 @@ def test_fetch_transform_yields_one_row_per_input(server: HostileServer) -> None
             assert set(records.AUDIT_COLUMNS) <= set(row)
 
     pipeline = beam.Pipeline(runner=FnApiRunner())
-    out = pipeline | beam.Create(rows, reshuffle=False) | Fetch(LOCAL)
+    settings = replace(LOCAL, workers_per_host=workers_per_host, routing_keys=8)
+    out = pipeline | beam.Create(rows, reshuffle=False) | Fetch(settings)
     assert_that(out, check)
     result = pipeline.run()
     result.wait_until_finish()
@@ -523,3 +532,84 @@ def test_undeclared_body_over_max_bytes_is_cut_while_streaming(server: HostileSe
     assert server.body_bytes_sent["/chunked"] < 400_000
     within = fetch(server, "/chunked?size=60000", settings)
     assert within.status == "ok" and len(within.body) == 60_000
+
+
+# --------------------------------------------------------------------------- TDMRep
+
+
+def test_tdm_reservation_opts_out_without_reading_the_body(server: HostileServer) -> None:
+    hung_up_before, completed_before = server.disconnected["/tdm"], server.completed["/tdm"]
+    policy = "https://example.org/tdm-policy.json"
+    result = fetch(server, f"/tdm?reservation=1&policy={quote(policy)}")
+    assert (result.status, result.opt_out, result.body) == ("opted_out", ["tdm-reservation"], None)
+    assert result.opt_out_headers == ["tdm-reservation: 1", f"tdm-policy: {policy}"]
+    assert "tdm-reservation: 1" in result.error
+    assert server.wait_for(lambda: server.disconnected["/tdm"] > hung_up_before)
+    assert server.completed["/tdm"] == completed_before
+
+
+def test_tdm_reservation_0_reserves_nothing(server: HostileServer) -> None:
+    result = fetch(server, "/tdm?reservation=0")
+    assert (result.status, result.opt_out) == ("ok", [])
+    assert result.opt_out_headers == ["tdm-reservation: 0"]  # seen, and kept as evidence
+    assert len(result.body) == 1 << 20
+
+
+def test_x_robots_tag_lines_are_kept_as_evidence(server: HostileServer) -> None:
+    result = fetch(server, f"/robots?tag={quote('noindex, noimageai')}")
+    assert result.opt_out_headers == ["x-robots-tag: noindex, noimageai"]
+    assert fetch(server, "/img/photo").opt_out_headers == []
+
+
+def test_tdm_is_recorded_but_not_enforced_when_opt_out_is_off(server: HostileServer) -> None:
+    result = fetch(server, "/tdm?reservation=1", replace(LOCAL, respect_opt_out=False))
+    assert (result.status, result.opt_out) == ("ok", ["tdm-reservation"])
+
+
+def test_read_opt_out_names_each_standard() -> None:
+    from multidict import CIMultiDict
+
+    headers = CIMultiDict([("X-Robots-Tag", "otherbot: noai"), ("X-Robots-Tag", "noimageai"),
+                           ("TDM-Reservation", " 1 "), ("Content-Type", "image/png")])
+    found = read_opt_out(headers)
+    assert found.said_no == ["noai", "noimageai", "tdm-reservation"]
+    assert found.headers == ["x-robots-tag: otherbot: noai", "x-robots-tag: noimageai",
+                             "tdm-reservation: 1"]
+    assert read_opt_out(CIMultiDict([("tdm-reservation", "yes")])).said_no == []
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+METADATA_URLS = [
+    "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+    "http://2852039166/latest/meta-data/",
+    "http://[::ffff:169.254.169.254]/latest/meta-data/",
+    "http://[fd00:ec2::254]/latest/meta-data/",
+    "http://100.100.100.200/latest/meta-data/",
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://METADATA.GOOGLE.INTERNAL./computeMetadata/v1/",
+    "http://metadata/computeMetadata/v1/",
+]
+
+
+@pytest.mark.off_machine
+def test_metadata_addresses_are_refused_with_private_networks_allowed() -> None:
+    # In the loopback-only sandbox an unguarded request would fail at once with a
+    # connection error (or an unreadable robots.txt): blocked_address, with no attempt,
+    # is the guard's answer.
+    settings = replace(LOCAL, allow_private_networks=True, allowed_private_hosts=())
+    results = fetch_batch(METADATA_URLS, settings)
+    assert [r.status for r in results] == ["blocked_address"] * len(METADATA_URLS)
+    assert all("metadata" in r.error and r.attempts == 0 for r in results)
+
+
+@pytest.mark.off_machine
+def test_redirect_to_a_metadata_address_is_refused_with_private_networks_allowed(
+    server: HostileServer,
+) -> None:
+    settings = replace(LOCAL, allow_private_networks=True, allowed_private_hosts=())
+    target = quote("http://169.254.169.254/latest/meta-data/")
+    result = fetch(server, f"/redirect?to={target}", settings)
+    assert (result.status, result.http_status) == ("blocked_address", 302)
+    assert "metadata" in result.error

@@ -8,7 +8,7 @@ the same checks as loading a config and refuses unknown names, and a config's ``
 fetch.KEY=VALUE`` is checked like any other key.
 
 This module imports nothing but pydantic: checking a config must stay light, and
-transforms/fetch.py pulls in aiohttp and Beam.
+transforms/fetch/ pulls in aiohttp and Beam.
 """
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ from pydantic.dataclasses import dataclass
 
 DEFAULT_USER_AGENT = (
     "laion-audit/0.1 (+https://github.com/laion-audit/laion-audit; dataset audit; "
-    "honours X-Robots-Tag noai)"
+    "honours robots.txt, X-Robots-Tag noai, TDMRep)"
 )
 # The statuses `fetch.refetch_statuses` may name: what a fetch or decode left a row
 # with (transforms/records.py STATUSES, less invalid_url, never joined, reused, never an
 # original status, and not_fetched, always fetched again). Kept here: no pyarrow import.
 REFETCHABLE_STATUSES = (
-    "ok", "blocked_address", "opted_out", "http_error", "timeout", "connection_error",
-    "too_large", "not_image", "decode_error", "internal_error",
+    "ok", "blocked_address", "opted_out", "robots_unreachable", "http_error", "timeout",
+    "connection_error", "too_large", "not_image", "decode_error", "internal_error",
 )
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
@@ -52,7 +52,15 @@ class FetchSettings:
 
     enabled: bool = True  # false: nothing is fetched, rows get status not_fetched
     concurrency: int = Field(default=64, gt=0)  # requests in flight per Fetcher (per worker)
-    per_host: int = Field(default=8, gt=0)  # requests in flight to one host
+    per_host: int = Field(default=8, gt=0)  # requests in flight to one host, per Fetcher
+    # Requests per second to one host, per Fetcher (a token bucket; null: no rate cap).
+    # A 429 or 503 halves it for that host; it recovers gradually.
+    per_host_rps: float | None = Field(default=None, gt=0)
+    # Rows are routed by host so that at most this many Fetchers (workers) fetch one
+    # host: fleet-wide a host sees <= workers_per_host x per_host requests in flight
+    # (and x per_host_rps per second). null: no routing, caps hold per Fetcher only.
+    workers_per_host: int | None = Field(default=4, gt=0)
+    routing_keys: int = Field(default=1024, gt=0)  # keys rows are routed over (>= fetching threads)
     timeout_s: float = Field(default=20.0, gt=0)  # one attempt: connect, headers and body
     connect_timeout_s: float = Field(default=5.0, gt=0)
     # Extra attempts after 429 / 5xx / connection errors (not timeouts).
@@ -67,7 +75,13 @@ class FetchSettings:
     allow_private_networks: bool = False  # true only for tests / trusted local hosts
     # "host" or "host:port" let through the address guard (e.g. an internal mirror).
     allowed_private_hosts: tuple[str, ...] = ()
-    respect_opt_out: bool = True
+    respect_opt_out: bool = True  # X-Robots-Tag noai / noimageai, TDMRep tdm-reservation: 1
+    # Read each origin's robots.txt (RFC 9309) before its first image request; a
+    # Disallow makes the row opted_out, an unreadable file (5xx, unreachable) makes it
+    # robots_unreachable.
+    respect_robots_txt: bool = True
+    robots_cache_ttl_s: float = Field(default=86400.0, gt=0)  # RFC 9309: at most a day
+    robots_max_bytes: int = Field(default=512 * 1024, ge=500 * 1024)  # RFC 9309: >= 500 KiB parsed
     user_agent: str = DEFAULT_USER_AGENT  # null: this default
     batch_size: int = Field(default=128, gt=0)  # URLs fetched together (the most per batch)
     dns_cache_ttl_s: int = Field(default=300, ge=0)

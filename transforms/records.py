@@ -17,6 +17,7 @@ STATUSES = (
     "invalid_url",
     "blocked_address",
     "opted_out",
+    "robots_unreachable",  # robots.txt answered 5xx / 429 or could not be reached: not fetched
     "http_error",
     "timeout",
     "connection_error",
@@ -50,7 +51,11 @@ AUDIT_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("http_status", pa.int32()),
         ("error", pa.string()),
-        ("opt_out", pa.list_(pa.string())),
+        ("opt_out", pa.list_(pa.string())),  # each standard that said no (noai, robots.txt, ...)
+        # Evidence of what was checked: the robots.txt verdict (allowed, disallowed,
+        # no_file, unreachable; null: not read) and the opt-out header lines seen.
+        ("robots_txt", pa.string()),
+        ("opt_out_headers", pa.list_(pa.string())),
         ("content_md5", pa.string()),
         ("content_sha256", pa.string()),
         ("bytes", pa.int64()),
@@ -118,6 +123,7 @@ def new_record(row_id: str, url, caption, row_key: str | None = None) -> dict:
         url=url,
         caption=caption,
         opt_out=[],
+        opt_out_headers=[],
         labels=[],
         caption_flags=[],
         matches=[],
