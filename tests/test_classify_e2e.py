@@ -36,7 +36,7 @@ def test_fetched_rows_get_all_six_scores(tmp_path):
         config = parse_config({
             "dataset": {"input": str(dataset)},
             "output": {"path": str(tmp_path / "out"), "write_embeddings": True},
-            "fetch": {"allow_private_networks": True, "retries": 0},
+            "fetch": {"allowed_private_hosts": ["127.0.0.1"], "retries": 0},
             "embedding": {"enabled": True, "model": "ViT-B-32", "pretrained": None, "batch_size": 4},
             "policy": {"review_if": ["medical_term and email"]},
         })
@@ -118,7 +118,7 @@ def test_request_embedding_matches_the_audit_embedding_of_the_same_photo(tmp_pat
         config = parse_config({
             "dataset": {"input": str(dataset)},
             "output": {"path": str(tmp_path / "out")},
-            "fetch": {"allow_private_networks": True},
+            "fetch": {"allowed_private_hosts": ["127.0.0.1"]},
             "embedding": {"enabled": True, "model": "ViT-B-32"},
             # Random weights map many images close together: only the same pixels match here.
             "takedown": {"lists": [str(request)], "clip_min_cosine": 0.9999},

@@ -68,7 +68,7 @@ def audit_config(tmp_path: Path, dataset: str, runner: dict, **fetch) -> object:
                 "retries": 2,
                 "backoff_base_s": 0.05,
                 "max_bytes": 2 * 1024 * 1024,
-                "allow_private_networks": True,
+                "allowed_private_hosts": ["127.0.0.1"],
                 **fetch,
             },
             "runner": runner,
@@ -147,7 +147,7 @@ def test_address_guard_on_no_request_reaches_the_host(tmp_path, server):
         ("http://10.0.0.1/x.jpg", "blocked_address"),
     ]
     config = audit_config(
-        tmp_path, write_dataset(tmp_path, rows), {"name": "FnApiRunner"}, allow_private_networks=False
+        tmp_path, write_dataset(tmp_path, rows), {"name": "FnApiRunner"}, allowed_private_hosts=[]
     )
     run = run_audit(config)
     check_audit(config, rows, run)

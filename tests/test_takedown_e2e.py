@@ -44,7 +44,7 @@ def audited(tmp_path_factory):
         config = parse_config({
             "dataset": {"input": str(dataset)},
             "output": {"path": str(tmp / "audit")},
-            "fetch": {"allow_private_networks": True, "retries": 0, "timeout_s": 5},
+            "fetch": {"allowed_private_hosts": ["127.0.0.1"], "retries": 0, "timeout_s": 5},
             "takedown": {"lists": [str(request)]},
         })
         run = run_audit(config)
