@@ -2,6 +2,7 @@
 
     python scripts/bench_match.py [--sizes 1000,100000,1000000] [--rows 20000]
                                   [--batch-size 1024] [--peer-rows 1000] [--threads 1]
+    python scripts/bench_match.py --index-only --sizes 10000000 [--rows 20000]
 
 For each list size it builds a random list (pdq entries, plus 10% as many phash and md5
 entries), then matches a stream of query rows (pdq, phash, content_md5 columns; 2% of
@@ -10,11 +11,18 @@ rows are planted near copies of list entries at 0..31 bits, 1% exact md5 copies)
 the cost per row and rows per second for all kinds together and for PDQ alone, and, as
 peers on a sample of the rows, the same PDQ search as faiss's flat scan and as a plain
 numpy popcount scan (XOR + bit count over the whole list). Every planted match must be
-found, and the index's PDQ matches must equal the numpy scan's on the sample.
+found, and the index's PDQ matches must equal the numpy scan's on the sample. Times are
+CPU seconds of this process (so rows/s is per core on a shared machine); peak RSS is the
+process's so far (run one size per invocation for a size's own figure).
+
+``--index-only`` builds just the PDQ Hamming index (``HammingSearch``) from packed random
+codes, no list entries: the index's own build time, search cost and peak RSS at sizes
+(10 M) where list entries as Python objects would not fit a worker.
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -25,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from transforms.takedown import TakedownEntry, TakedownIndex  # noqa: E402
+from transforms.takedown import HammingSearch, TakedownEntry, TakedownIndex  # noqa: E402
 
 PDQ_BYTES, PHASH_BYTES, MD5_BYTES = 32, 8, 16
 PDQ_MAX = 31
@@ -79,22 +87,54 @@ def make_rows(rng: np.random.Generator, rows: int, codes: dict[str, np.ndarray])
 def timed_match(index: TakedownIndex, columns: dict[str, list], batch_size: int) -> tuple[float, list]:
     rows = len(next(iter(columns.values())))
     results: list = []
-    started = time.perf_counter()
+    started = time.process_time()
     for start in range(0, rows, batch_size):
         batch = {name: values[start:start + batch_size] for name, values in columns.items()}
         results.extend(index.match_columns(batch))
-    return time.perf_counter() - started, results
+    return time.process_time() - started, results
 
 
 def numpy_scan(table: np.ndarray, queries: np.ndarray) -> tuple[float, list[set[int]]]:
     """The plain peer: every query against every entry, XOR + popcount in numpy."""
     words = table.view(np.uint64)
     found = []
-    started = time.perf_counter()
+    started = time.process_time()
     for query in queries.view(np.uint64):
         distance = np.bitwise_count(words ^ query).sum(axis=1)
         found.append(set(np.flatnonzero(distance <= PDQ_MAX).tolist()))
-    return time.perf_counter() - started, found
+    return time.process_time() - started, found
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def index_only(sizes: list[int], rows: int, batch_size: int, rng: np.random.Generator) -> None:
+    """The PDQ index alone: build s, us/row, rows/s per core, peak RSS; planted rows found."""
+    print(f"PDQ index only (HammingSearch, auto strategy), {rows} rows, batches of {batch_size}")
+    print(f"{'pdq entries':>11} {'strategy':>8} {'build s':>8} {'us/row':>8} {'rows/s':>8} {'peak MiB':>9}")
+    for size in sizes:
+        codes = random_codes(rng, size, PDQ_BYTES)
+        queries = random_codes(rng, rows, PDQ_BYTES)
+        planted = rng.choice(rows, size=max(1, rows // 50), replace=False)
+        targets = rng.integers(size, size=len(planted))
+        for row, target in zip(planted, targets):
+            queries[row] = flip_random_bits(codes[target], int(rng.integers(0, PDQ_MAX + 1)), rng)
+        started = time.process_time()
+        index = HammingSearch.build(codes, np.full(size, float(PDQ_MAX)))
+        build = time.process_time() - started
+        found: set[tuple[int, int]] = set()
+        started = time.process_time()
+        for start in range(0, rows, batch_size):
+            batch = queries[start:start + batch_size]
+            hit_rows, hit_ids, _ = index.query((np.arange(len(batch), dtype=np.int64) + start, batch))
+            found.update(zip(hit_rows.tolist(), hit_ids.tolist()))
+        seconds = time.process_time() - started
+        missed = [(int(r), int(t)) for r, t in zip(planted, targets) if (int(r), int(t)) not in found]
+        assert not missed, f"{len(missed)} planted matches missed"
+        print(f"{size:>11,} {index.strategy:>8} {build:>8.2f} {seconds / rows * 1e6:>8.1f} "
+              f"{rows / seconds:>8.0f} {peak_rss_mib():>9.0f}")
+        del codes, index
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,12 +146,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="rows sampled for the flat and numpy peers (they are slow on big lists)")
     parser.add_argument("--threads", type=int, default=1, help="faiss OpenMP threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--index-only", action="store_true",
+                        help="the PDQ index alone, from packed codes (no list entries)")
     args = parser.parse_args(argv)
     faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
+    if args.index_only:
+        index_only([int(s) for s in args.sizes.split(",")], args.rows, args.batch_size, rng)
+        return
 
     header = (f"{'pdq entries':>11} {'pdq search':>10} {'build s':>8} {'all us/row':>10} {'rows/s':>8} "
-              f"{'pdq us/row':>10} {'flat us/row':>11} {'numpy us/row':>12} {'numpy/index':>11}")
+              f"{'pdq us/row':>10} {'flat us/row':>11} {'numpy us/row':>12} {'numpy/index':>11} {'peak MiB':>9}")
     print(f"batch size {args.batch_size}, {args.rows} rows, faiss threads {args.threads}; "
           f"lists: n pdq + n/10 phash + n/10 md5")
     print(header)
@@ -120,9 +165,9 @@ def main(argv: list[str] | None = None) -> None:
         entries, codes = make_list(rng, size)
         columns, pdq_queries, planted = make_rows(rng, args.rows, codes)
 
-        started = time.perf_counter()
+        started = time.process_time()
         index = TakedownIndex(entries)
-        build = time.perf_counter() - started
+        build = time.process_time() - started
         seconds, results = timed_match(index, columns, args.batch_size)
         for row, expected in planted.items():
             got = {m["entry_id"] for m in results[row]}
@@ -144,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         numpy_per_row = numpy_seconds / numpy_sample * 1e6
         print(f"{size:>11,} {index.strategy('pdq'):>10} {build:>8.2f} {per_row:>10.1f} "
               f"{args.rows / seconds:>8.0f} {pdq_per_row:>10.1f} {flat_seconds / sample * 1e6:>11.1f} "
-              f"{numpy_per_row:>12.1f} {numpy_per_row / pdq_per_row:>10.0f}x")
+              f"{numpy_per_row:>12.1f} {numpy_per_row / pdq_per_row:>10.0f}x {peak_rss_mib():>9.0f}")
         del entries, index, flat
 
 

@@ -138,6 +138,44 @@ def test_multi_index_search_finds_exactly_what_a_full_scan_finds():
     assert {"e0", "twin"} <= {m for m, _ in expected[-1]}
 
 
+def _flip_spread(code: np.ndarray, distance: int, parts, rng) -> np.ndarray:
+    """``code`` with ``distance`` bits flipped, spread round-robin over the plan's parts
+    (the case where the fewest parts stay within their probe radius)."""
+    out = code.copy()
+    per_part = [0] * len(parts)
+    for k in range(distance):
+        per_part[k % len(parts)] += 1
+    for (start, width), count in zip(parts, per_part):
+        for bit in rng.choice(width, size=min(count, width), replace=False):
+            position = start + int(bit)  # bit k of little-endian word i is byte 8i + k // 8, bit k % 8
+            out[position // 8] ^= np.uint8(1 << (position % 8))
+    return out
+
+
+@pytest.mark.parametrize("nbytes,radius", [(32, 31), (32, 40), (32, 15), (32, 0), (8, 8), (8, 3)])
+def test_every_multi_index_plan_is_exact_at_the_pigeonhole_edge(nbytes, radius):
+    from transforms.takedown.hamming import _MultiIndexHamming, _plans
+
+    rng = np.random.default_rng(radius + nbytes)
+    codes = rng.integers(0, 256, (3000, nbytes), dtype=np.uint8)
+    plans = [p for p in _plans(nbytes * 8, radius) if max(p.widths) <= 16]
+    assert plans
+    for plan in plans[:: max(1, len(plans) // 6)]:
+        index = _MultiIndexHamming(codes, radius, plan=plan)
+        parts = list(zip(plan.starts, plan.widths))
+        queries = []
+        for i in range(120):
+            distance = max(0, radius + (-1, 0, 0, 1)[i % 4])
+            queries.append(_flip_spread(codes[int(rng.integers(len(codes)))], distance, parts, rng))
+        queries = np.stack(queries)
+        rows, ids, dist = index.search(queries)
+        brute = np.bitwise_count(queries[:, None, :] ^ codes[None, :, :]).sum(axis=2)
+        expected = {(int(q), int(e), int(brute[q, e])) for q, e in zip(*np.nonzero(brute <= radius))}
+        assert set(zip(rows.tolist(), ids.tolist(), dist.tolist())) == expected, plan
+        assert len(rows) == len(expected)  # each hit once
+        assert sum(1 for q, _, d in expected if d == radius) >= 20
+
+
 # ------------------------------------------------------------------------ exact kinds
 
 
