@@ -168,3 +168,95 @@ def test_clean_files_reads_the_removed_keys_once_per_side_input(tmp_path):
     fresh = _CountedList(["a.csv:1"])
     assert [(r["kept"], r["dropped"]) for r in clean.process(srcs[0], fresh)] == [(1, 1)]
     assert fresh.reads == 1 and (out_dir / "a.csv").read_text() == "URL,TEXT\nhttp://e.com/1,a\n"
+
+
+# ----------------------------------------------- the bulk URL path against the per-row one
+
+TRICKY_URLS = [
+    "http://a.com/x", "https://a.com/", "http://a.com", "http://A.com/x", "HTTP://a.COM/x", "Https://A.b.c/x?Q=1",
+    "http://a.com/x?", "http://a.com/?", "http://a.com/x??", "http://a.com/x?q#f", "http://a.com/x#", "http://a.com/x# ",
+    "http://a.com:80/x", "https://a.com:443/x", "http://a.com:443/x", "https://a.com:80/x", "http://a.com:080/x",
+    "http://a.com:/x", "http://a.com:99999/x", "http://a.com:8080/x", "http://u@a.com/x", "http://u:p@A.com:80/x",
+    " http://a.com/x", "http://a.com/x ", "http://a.com/x\xa0", "http://a.com/x\xa0#f", "http://a.com/x\u3000y",
+    "http://a.com/x\u2028", "http://a.com/x y", "http://a.com/x\t", "http://a.com/\x85", "http://a.com/x#\x1f",
+    "http://a.com/x\x7f", "http://a.com/x\x1f", "ftp://a.com/x", "http://a..b/x", "http://" + "a" * 70 + ".com/x",
+    "http://a.com./x", "http://a.com/é", "http://ä.com/x", "http://\u212aelvin.com/x", "http://a_b.com/x",
+    "http://a.com/x?a=1&b=2", "http://[::1]/x", "http://[::1]:80/x", "http://[bad/x", "http://a.com/%7E",
+    "http://a.com//x", "http:///x", "http://?x", "not a url", "", "  ", "http://a.com/x#y#z", "http://a.com\\x",
+    "//a.com/x", "http:a.com/x", "HTTPS://WWW.EXAMPLE.COM:443/Path/To/IMG.JPG?Size=Large#Top",
+]
+
+
+def _fuzzed_urls(count: int, seed: int = 0) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    pieces = {
+        "scheme": ["http", "https", "https", "https", "HTTP", "Https", "ftp", ""],
+        "sep": ["://"] * 6 + [":/", "//"],
+        "user": ["", "", "", "u@", "u:p@"],
+        "host": ["a.com", "a.com", "img.cdn-1.example.org", "x_y.net", "A.Com", "ä.de", "[::1]", "", "a..b",
+                 "\u212a.com"],
+        "port": ["", "", "", ":80", ":443", ":8080", ":", ":0443", ":99999"],
+        "path": ["", "/", "/x", "/a/b.jpg", "/a/b.jpg", "/a/b.jpg", "/a b", "/é", "/x\xa0", "//x", "/%20", "/x\x7f", "/x\u3000"],
+        "query": ["", "", "?", "?a=1", "??", "?a=1&b=", "?q=#"],
+        "frag": ["", "", "", "", "#", "#f", "#f ", "#\x1f", "#a#b"],
+        "pad": [""] * 8 + [" ", "\t", "\xa0", "\u2028"],
+    }
+    out = []
+    for _ in range(count):
+        p = {k: rng.choice(v) for k, v in pieces.items()}
+        out.append(p["scheme"] + p["sep"] + p["user"] + p["host"] + p["port"] + p["path"] + p["query"]
+                   + p["frag"] + p["pad"])
+    return out
+
+
+def _reference_sha256(url):
+    """url_sha256_of with the full (urlsplit) normalisation only: the definition."""
+    import hashlib
+
+    from transforms.urls import _normalize_url_full
+
+    try:
+        key = _normalize_url_full(url)
+    except ValueError:
+        key = str(url).strip()
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+def test_fast_url_paths_equal_the_full_normalisation():
+    import pyarrow as pa
+
+    from transforms.urls import _normalize_url_full, already_normal, normalize_url, url_sha256_digests
+
+    urls = TRICKY_URLS + _fuzzed_urls(5000) + [f"https://img{i}.example.com/p/{i}.jpg?x={i}" for i in range(200)]
+    for url in urls:  # normalize_url's shortcut gives what urlsplit gives, or the same error
+        try:
+            expected = _normalize_url_full(url)
+        except ValueError:
+            with pytest.raises(ValueError):
+                normalize_url(url)
+        else:
+            assert normalize_url(url) == expected, url
+    column = pa.array(urls + [None], pa.string())
+    normal = already_normal(column)
+    assert normal.sum() > 100 and (~normal).sum() > 100
+    for url, ok in zip(urls, normal.tolist()):
+        if ok:
+            assert _normalize_url_full(url) == url, url
+    assert url_sha256_digests(column) == [_reference_sha256(u) for u in urls] + [None]
+    sliced = column.slice(7, 300)  # an Arrow slice: offsets start mid-buffer
+    assert url_sha256_digests(sliced) == [_reference_sha256(u) for u in urls[7:307]]
+
+
+def test_bulk_url_drop_rule_equals_the_per_row_rule():
+    import pyarrow as pa
+
+    urls = TRICKY_URLS + _fuzzed_urls(3000, seed=1) + [None]
+    removed = {_reference_sha256(u).hex() for u in urls[::3] if u is not None}
+    removed |= {url_sha256_of(" "), url_sha256_of(""), "F" * 64, "not hex"}  # blank URLs are never dropped
+    expected = [isinstance(u, str) and bool(u.strip()) and _reference_sha256(u).hex() in removed for u in urls]
+    rule = drop_by_url_sha256(removed)
+    assert rule(lambda: pytest.fail("row ids are not needed"), pa.array(urls, pa.string())).tolist() == expected
+    assert rule(lambda: [], urls).tolist() == expected  # the text formats' lists
+    assert sum(expected) > 500

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import codecs
 import csv
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -28,20 +28,46 @@ from transforms.read import (
     open_text,
     projected_columns,
 )
-from transforms.urls import url_sha256_of
+from transforms.urls import already_normal, url_sha256_digests, url_sha256_of
 from transforms.write import output_dir
 
-# (row ids, url values) of one block of rows -> which rows to drop
-DropRule = Callable[[list[str], list], list[bool]]
+# (row ids of the block, computed only when called; its url values, an Arrow string
+# array or a list) -> which rows of the block to drop, as a bool array
+DropRule = Callable[[Callable[[], list[str]], Any], np.ndarray]
+
+_SHA256_HEX = set("0123456789abcdef")
 
 
 def drop_by_row_id(removed: set[str]) -> DropRule:
-    return lambda row_ids, urls: [row_id in removed for row_id in row_ids]
-
-
-def drop_by_url_sha256(removed: set[str]) -> DropRule:
     def rule(row_ids, urls):
-        return [isinstance(u, str) and bool(u.strip()) and url_sha256_of(u) in removed for u in urls]
+        ids = row_ids()
+        return np.fromiter((row_id in removed for row_id in ids), dtype=bool, count=len(ids))
+
+    return rule
+
+
+def drop_by_url_sha256(removed: Iterable[str]) -> DropRule:
+    """Rows whose non-blank URL's ``url_sha256_of`` is one of ``removed`` (hex digests),
+    for a whole block at once: URLs hashed in bulk, compared as raw digests."""
+    # url_sha256_of gives lowercase hex: a key spelled otherwise can never be equal.
+    digests = {bytes.fromhex(k) for k in removed
+               if isinstance(k, str) and len(k) == 64 and set(k) <= _SHA256_HEX}
+
+    def rule(row_ids, urls):
+        if not isinstance(urls, (pa.Array, pa.ChunkedArray)):  # text formats: a row at a time
+            return np.fromiter((isinstance(u, str) and bool(u.strip())
+                                and bytes.fromhex(url_sha256_of(u)) in digests for u in urls), dtype=bool)
+        if isinstance(urls, pa.ChunkedArray):
+            urls = urls.combine_chunks()
+        normal = already_normal(urls)
+        found = url_sha256_digests(urls, normal)
+        mask = np.fromiter((d in digests for d in found), dtype=bool, count=len(found))
+        # A blank URL is never dropped; a URL already normal is not blank.
+        check = np.flatnonzero(mask & ~normal)
+        if len(check):
+            for i, url in zip(check.tolist(), urls.take(pa.array(check)).to_pylist()):
+                mask[i] = bool(url.strip())
+        return mask
 
     return rule
 
@@ -73,11 +99,17 @@ def _clean_parquet(path, source, out_path, spec, drop) -> tuple[int, int]:
         projected_columns(schema.names, spec, path)
         with FileSystems.create(out_path) as sink, pq.ParquetWriter(sink, schema) as writer:
             for batch in parquet.iter_batches(batch_size=spec.read_batch_rows):
-                urls = batch.column(spec.url_col).to_pylist()
-                keys = batch.column(spec.id_col).to_pylist() if spec.id_col else None
-                mask = drop(_row_ids(source, position, batch.num_rows, keys), urls)
+                urls = batch.column(spec.url_col)
+                if not pa.types.is_string(urls.type):  # text in other spellings (dictionary, large_string)
+                    urls = pa.array(urls.to_pylist(), pa.string())
+
+                def row_ids(start=position, batch=batch):
+                    keys = batch.column(spec.id_col).to_pylist() if spec.id_col else None
+                    return _row_ids(source, start, batch.num_rows, keys)
+
+                mask = drop(row_ids, urls)
                 position += batch.num_rows
-                keep = pc.invert(pa.array(mask, pa.bool_()))
+                keep = pa.array(~mask, pa.bool_())
                 table = pa.Table.from_batches([batch], schema=schema).filter(keep)
                 writer.write_table(table)
                 kept += table.num_rows
@@ -105,7 +137,7 @@ def _clean_text(path, source, out_path, spec, drop, fmt) -> tuple[int, int]:
             writer.writerow(header)
             for position, row in enumerate(rows):
                 key = [field_at(row, key_at)] if spec.id_col else None
-                if drop(_row_ids(source, position, 1, key), [field_at(row, url_at)])[0]:
+                if drop(lambda: _row_ids(source, position, 1, key), [field_at(row, url_at)])[0]:
                     dropped += 1
                 else:
                     writer.writerow(row)
@@ -113,7 +145,7 @@ def _clean_text(path, source, out_path, spec, drop, fmt) -> tuple[int, int]:
         else:
             for position, (line, row) in enumerate(jsonl_rows(text, path, spec.url_col)):
                 key = [row.get(spec.id_col)] if spec.id_col else None
-                if drop(_row_ids(source, position, 1, key), [row.get(spec.url_col)])[0]:
+                if drop(lambda: _row_ids(source, position, 1, key), [row.get(spec.url_col)])[0]:
                     dropped += 1
                 else:
                     out.write(line if line.endswith("\n") else line + "\n")

@@ -1,12 +1,41 @@
 """URL normalisation: one spelling per URL, so that list entries and dataset rows compare
 equal, and the ``url_sha256`` key of a row (read, clean, records and the ``url`` /
-``url_sha256`` takedown kinds all use these two functions)."""
+``url_sha256`` takedown kinds all use these two functions). ``url_sha256_digests`` is
+the same key for a whole Arrow column at once."""
 from __future__ import annotations
 
 import hashlib
+import re
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The usual URL, as the full normalisation below would treat it: http(s), an ASCII host
+# without userinfo, at most the default port, a path, maybe a fragment (ASCII-only case
+# folding: under full Unicode folding [a-z] would also match the Kelvin sign).
+_SIMPLE_URL = re.compile(r"(https?)://([a-z0-9._-]+)(?::(80|443))?(/[^\x00-\x20\x7f#]*)(?:#[^\x00-\x1f\x7f]*)?",
+                         re.ASCII | re.IGNORECASE)
+
+
+def _simple_normal(url: str) -> str | None:
+    """``normalize_url`` of a usual URL without urlsplit; None when it is not one."""
+    match = _SIMPLE_URL.fullmatch(url)
+    if match is None:
+        return None
+    scheme, host, port, rest = match.groups()
+    scheme = scheme.lower()
+    if port is not None and _DEFAULT_PORTS[scheme] != int(port):
+        return None
+    if match.end(4) == len(url) and rest[-1].isspace():
+        return None  # strip() would take it off
+    if rest[-1] == "?" and rest.count("?") == 1:
+        return None  # an empty query: urlunsplit drops the "?"
+    return f"{scheme}://{host.lower()}{rest}"
 
 
 def normalize_url(url: str) -> str:
@@ -19,10 +48,16 @@ def normalize_url(url: str) -> str:
     """
     if not isinstance(url, str):
         raise ValueError(f"url value must be a string, got {type(url).__name__}")
+    simple = _simple_normal(url)
+    return simple if simple is not None else _normalize_url_full(url)
+
+
+def _normalize_url_full(url: str) -> str:
+    """normalize_url by urlsplit, for every URL (the definition; see normalize_url)."""
     text = url.strip()
     if not text:
         raise ValueError("url value is empty")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+    if _CONTROL.search(text):
         raise ValueError("url value contains control characters")
     try:
         parts = urlsplit(text)
@@ -65,4 +100,58 @@ def url_sha256_of(url: str | None) -> str | None:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-__all__ = ["normalize_url", "url_sha256_of"]
+
+
+# A URL that normalize_url returns unchanged: lowercase http(s) scheme, a lowercase ASCII
+# host without port or userinfo, a path, no fragment, no control character or blank, no
+# whitespace at the end (str.strip's), and not a bare "?" after the path (urlunsplit drops
+# an empty query). Most dataset URLs are so; only the others go through normalize_url.
+_NORMAL_URL = r"^https?://[a-z0-9._-]+/[^\x00-\x20\x7f#]*[^\x00-\x20\x7f#\x85\pZ]$|^https?://[a-z0-9._-]+/$"
+
+
+def _arrow_strings(urls: Any) -> pa.Array:
+    if isinstance(urls, pa.ChunkedArray):
+        urls = urls.combine_chunks()
+    elif not isinstance(urls, pa.Array):
+        urls = pa.array(urls, pa.string())
+    if pa.types.is_large_string(urls.type) or pa.types.is_string_view(urls.type):
+        urls = urls.cast(pa.string())
+    if not pa.types.is_string(urls.type):
+        raise TypeError(f"URLs must be strings, not {urls.type}")
+    return urls
+
+
+def already_normal(urls: Any) -> np.ndarray:
+    """Per URL (an Arrow string array or a list): True where ``normalize_url`` would
+    return it unchanged (known without calling it); False for the rest and for nulls."""
+    urls = _arrow_strings(urls)
+    normal = pc.fill_null(pc.match_substring_regex(urls, _NORMAL_URL), False).to_numpy(zero_copy_only=False)
+    question = np.flatnonzero(normal & pc.fill_null(pc.ends_with(urls, "?"), False).to_numpy(zero_copy_only=False))
+    if len(question):  # "...?" with no other "?": an empty query, which urlunsplit drops
+        once = pc.equal(pc.count_substring(urls.take(pa.array(question)), "?"), 1).to_numpy(zero_copy_only=False)
+        normal[question[once]] = False
+    return normal
+
+
+def url_sha256_digests(urls: Any, normal: np.ndarray | None = None) -> list[bytes | None]:
+    """``url_sha256_of`` for a whole column, as raw 32-byte digests (None for null).
+
+    URLs that are normal already (``already_normal``, or ``normal`` when the caller has
+    it) are hashed as they are; only the others go through ``normalize_url``.
+    """
+    urls = _arrow_strings(urls)
+    if normal is None:
+        normal = already_normal(urls)
+    sha256 = hashlib.sha256
+    digests: list[bytes | None] = [
+        sha256(url.encode("utf-8")).digest() if ok else None
+        for ok, url in zip(normal.tolist(), urls.to_pylist())
+    ]
+    valid = urls.is_valid().to_numpy(zero_copy_only=False)
+    rest = np.flatnonzero(valid & ~normal)
+    for i, url in zip(rest.tolist(), urls.take(pa.array(rest, pa.int64())).to_pylist()):
+        digests[i] = bytes.fromhex(url_sha256_of(url))
+    return digests
+
+
+__all__ = ["already_normal", "normalize_url", "url_sha256_digests", "url_sha256_of"]
