@@ -2,13 +2,23 @@
 
 For every fetched body it computes MD5 and SHA-256 of the raw bytes (always, even when
 the bytes do not decode), then decodes the image safely (pixel cap checked from the
-header before any pixel is decoded, EXIF orientation applied, any mode to RGB) and
-computes pHash (imagehash, 64 bits) and PDQ (pdqhash, 256 bits + quality) on one
-downscaled copy whose long side is at most ``HASH_MAX_SIDE``.
+header before any pixel is decoded, EXIF orientation applied) to one luminance plane and
+computes pHash (imagehash's, 64 bits) and PDQ (the reference's 256 bits + quality) as
+they are defined on the image's box copy of at most ``HASH_MAX_SIDE`` px
+(``transforms/hash_resample.py``, ``transforms/pdq.py``).
+
+The plane is what both hashes read, so it is all the audit decodes: a colour JPEG is
+decoded to its Y (luma) channel only, which skips chroma upsampling and colour
+conversion, and at a reduced DCT scale when that still leaves ``PLANE_MIN_SIDE`` px.
+Y is the 0.299 R + 0.587 G + 0.114 B luma that PDQ and pHash compute from RGB, and the
+hash operators model the scale, so the hashes stay within a bit or two of the
+reference libraries on the RGB pixels (tests/test_hash_compat.py pins it). An RGB copy is decoded as well only when a later
+stage wants one (``keep_image`` for embedding, ``decode_image``); its hashes still come
+from the same plane, so a hash never depends on the config.
 
 The same functions serve the audit and ``laion-audit request``: a person's photo is
-hashed on her machine through exactly this decode -> downscale -> hash path, so both
-sides of a takedown match see the same pixels.
+hashed on her machine through exactly this decode -> plane -> hash path, so both sides
+of a takedown match see the same pixels.
 """
 from __future__ import annotations
 
@@ -19,19 +29,23 @@ import logging
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
-import imagehash
 import numpy as np
-import pdqhash
 from PIL import Image, UnidentifiedImageError
 
+from transforms.hash_resample import HASH_MAX_SIDE, copy_size, pdq_dihedral, perceptual_hashes
+from transforms.pdq import limit_blas_threads
 from transforms.row_status import StatusCounters, short_error
 
 _LOG = logging.getLogger(__name__)
 
-# Long side of the copy that PDQ and pHash see. PDQ itself reduces to 64x64 with a
-# Jarosz box filter; pre-reducing to 512 px changes hashes by a few bits at most and
-# bounds the per-image cost regardless of the source resolution.
-HASH_MAX_SIDE = 512
+# HASH_MAX_SIDE (512): long side of the box copy PDQ and pHash are defined on (as the
+# reference PDQ tools reduce); the audit never makes that copy, it folds it into the
+# hash operators (transforms/hash_resample.py).
+
+# A JPEG's luma plane is decoded at the largest DCT scale (1/2, 1/4, 1/8) that leaves
+# this many px on the long side: hashes move about a bit on average (the operators
+# model the scale), and the decode and the products shrink with it.
+PLANE_MIN_SIDE = 256
 
 # Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS) as the default cap.
 # A larger cap is honoured up to Pillow's hard limit (twice its MAX_IMAGE_PIXELS,
@@ -44,7 +58,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 WEB_IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "JPEG2000", "AVIF")
 
 # A JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) only when that
-# still leaves at least HASH_MAX_SIDE px on the long side; below 2x there is no gain.
+# still leaves the asked size (HASH_MAX_SIDE for RGB, PLANE_MIN_SIDE for the plane).
 _DRAFT_MIN_FACTOR = 2
 
 # EXIF orientation -> the transpose that displays the image upright (Pillow's
@@ -124,6 +138,38 @@ class DecodedImage:
     height: int
 
 
+class HashedImage(Image.Image):
+    """An RGB image that carries what its hashes are computed from: ``luma``, the decoded
+    "L" plane (for a JPEG its Y channel, possibly at a reduced DCT scale), and
+    ``full_size``, the image's size as displayed. Pillow operations return plain images,
+    so a rotated or resized copy never carries a stale plane."""
+
+    luma: np.ndarray
+    full_size: tuple[int, int]
+
+
+@dataclasses.dataclass
+class DecodedPlane:
+    """The luminance plane the hashes read, and what the file said about itself."""
+
+    luma: np.ndarray  # 2-D uint8, upright: a JPEG's Y (maybe DCT-reduced), else L of the RGB
+    format: str
+    mime: str | None
+    width: int  # full-resolution size as displayed
+    height: int
+
+
+def _with_luma(rgb: Image.Image, luma: np.ndarray, full_size: tuple[int, int]) -> HashedImage:
+    out = HashedImage()
+    out.im = rgb.im
+    out._mode = rgb.mode
+    out._size = rgb.size
+    out.info = rgb.info.copy()
+    out.luma = luma
+    out.full_size = full_size
+    return out
+
+
 @dataclasses.dataclass
 class ImageHashes:
     """The hash columns of an audit row for one body of bytes."""
@@ -190,16 +236,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode image bytes to RGB, refusing anything over ``max_pixels`` before decoding.
-
-    Raises NotAnImage (no supported format), ImageTooLarge (width * height over the cap,
-    or over Pillow's own hard bomb limit) or ImageDecodeError (identified but broken);
-    errors carry the mime and the stored size when the header was readable.
-    Large JPEGs are decoded at a reduced DCT scale (``Image.draft``) that still leaves at
-    least HASH_MAX_SIDE px on the long side; width/height are always the full size as
-    displayed (after EXIF orientation).
-    """
+def _open_checked(data: bytes, max_pixels: int) -> tuple[Image.Image, str, str | None]:
+    """Open (no pixel decoded yet) and check the header's size against the cap."""
     try:
         # Over Pillow's soft limit Image.open only warns; the cap below decides.
         img = Image.open(io.BytesIO(data), formats=WEB_IMAGE_FORMATS)
@@ -222,34 +260,113 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
             f"{stored_w}x{stored_h} = {stored_w * stored_h} pixels exceeds the cap of {max_pixels}",
             mime=mime, width=stored_w, height=stored_h,
         )
+    return img, fmt, mime
 
+
+def _draft(img: Image.Image, fmt: str, mode: str | None, min_side: int) -> None:
+    """Ask libjpeg for a reduced DCT scale (and, with mode "L", the Y channel only).
+
+    Scaled only when the result still has at least ``min_side`` px on the long side:
+    draft picks the largest scale whose result is at least the requested size."""
+    if fmt not in ("JPEG", "MPO"):
+        return
+    stored_w, stored_h = img.size
+    long_side = max(stored_w, stored_h)
+    target = None
+    if long_side >= _DRAFT_MIN_FACTOR * min_side:
+        factor = min_side / long_side
+        target = (max(1, round(stored_w * factor)), max(1, round(stored_h * factor)))
+    if mode is not None or target is not None:
+        img.draft(mode, target)
+
+
+def _load_upright(img: Image.Image, mime: str | None, full: tuple[int, int]) -> tuple[Image.Image, int, int]:
+    """Decode, apply the EXIF orientation; (image, displayed width, displayed height).
+    ``full`` is the stored size before any draft."""
+    full_w, full_h = full
     try:
-        long_side = max(stored_w, stored_h)
-        if fmt in ("JPEG", "MPO") and long_side >= _DRAFT_MIN_FACTOR * HASH_MAX_SIDE:
-            # Ask for the size the hash copy will have; draft picks the largest DCT
-            # scale whose result is still at least that big in both dimensions.
-            factor = HASH_MAX_SIDE / long_side
-            target = (max(1, round(stored_w * factor)), max(1, round(stored_h * factor)))
-            img.draft(None, target)
         img.load()
-        width, height = stored_w, stored_h
+        width, height = full_w, full_h
         orientation = _exif_orientation(img)
         if orientation in _SWAPPING_ORIENTATIONS:
-            width, height = stored_h, stored_w
+            width, height = full_h, full_w
         if orientation in _ORIENTATION_TRANSPOSES:
             # Only when there is something to turn (ImageOps.exif_transpose copies the
             # whole image even then), and from the same reading of the tag as the size.
             img = img.transpose(_ORIENTATION_TRANSPOSES[orientation])
-        rgb = _to_rgb(img)
-        rgb.load()
     except Image.DecompressionBombError as err:
-        raise ImageTooLarge(short_error(err), mime=mime, width=stored_w, height=stored_h) from None
+        raise ImageTooLarge(short_error(err), mime=mime, width=full_w, height=full_h) from None
     except MemoryError:
         raise ImageTooLarge("out of memory while decoding", mime=mime,
-                            width=stored_w, height=stored_h) from None
+                            width=full_w, height=full_h) from None
     except Exception as err:  # truncated data, corrupt streams, unsupported sub-modes
-        raise ImageDecodeError(short_error(err), mime=mime, width=stored_w, height=stored_h) from None
-    return DecodedImage(image=rgb, format=fmt, mime=mime, width=width, height=height)
+        raise ImageDecodeError(short_error(err), mime=mime, width=full_w, height=full_h) from None
+    return img, width, height
+
+
+def _converted(fn, img: Image.Image, mime: str | None, width: int, height: int):
+    """A mode conversion with the decode errors a lazy plugin can still raise here."""
+    try:
+        out = fn(img)
+        if isinstance(out, Image.Image):
+            out.load()
+    except MemoryError:
+        raise ImageTooLarge("out of memory while decoding", mime=mime, width=width, height=height) from None
+    except Exception as err:
+        raise ImageDecodeError(short_error(err), mime=mime, width=width, height=height) from None
+    return out
+
+
+def _luma_of(img: Image.Image) -> np.ndarray:
+    """The plane the hashes read, of any decoded image: Pillow's "L" of its RGB (the
+    0.299 / 0.587 / 0.114 luma PDQ uses, rounded to 8 bits as imagehash sees it;
+    transparency composited on white first), four times cheaper than float luma."""
+    if img.mode == "L" and "transparency" not in img.info:
+        return np.asarray(img)
+    return np.asarray(_to_rgb(img).convert("L"))
+
+
+def _open_decoded(data: bytes, max_pixels: int, mode: str | None,
+                  min_side: int) -> tuple[Image.Image, str, str | None, int, int]:
+    img, fmt, mime = _open_checked(data, max_pixels)
+    full = img.size
+    try:
+        _draft(img, fmt, mode, min_side)
+    except Exception as err:
+        raise ImageDecodeError(short_error(err), mime=mime, width=full[0], height=full[1]) from None
+    img, width, height = _load_upright(img, mime, full)
+    return img, fmt, mime, width, height
+
+
+def decode_luma(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedPlane:
+    """Decode only the luminance plane the hashes read (EXIF orientation applied). A
+    colour JPEG is decoded to its Y channel at the largest DCT scale leaving
+    PLANE_MIN_SIDE px, the cheapest decode there is; width and height are the full size
+    as displayed. Raises as ``decode_image`` does."""
+    img, fmt, mime, width, height = _open_decoded(data, max_pixels, "L", PLANE_MIN_SIDE)
+    luma = _converted(_luma_of, img, mime, width, height)
+    return DecodedPlane(luma=luma, format=fmt, mime=mime, width=width, height=height)
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode image bytes to RGB, refusing anything over ``max_pixels`` before decoding.
+
+    Raises NotAnImage (no supported format), ImageTooLarge (width * height over the cap,
+    or over Pillow's own hard bomb limit) or ImageDecodeError (identified but broken);
+    errors carry the mime and the stored size when the header was readable.
+    Large JPEGs are decoded at a reduced DCT scale (``Image.draft``) that still leaves at
+    least HASH_MAX_SIDE px on the long side; width/height are always the full size as
+    displayed (after EXIF orientation). The image is a ``HashedImage``: it carries the
+    luminance plane ``decode_luma`` gives, so its hashes are the audit's.
+    """
+    img, fmt, mime, width, height = _open_decoded(data, max_pixels, None, HASH_MAX_SIDE)
+    rgb = _converted(_to_rgb, img, mime, width, height)
+    if fmt in ("JPEG", "MPO"):
+        luma = decode_luma(data, max_pixels).luma  # the plane exactly as the audit reads it
+    else:
+        luma = _converted(_luma_of, img, mime, width, height)
+    return DecodedImage(image=_with_luma(rgb, luma, (width, height)), format=fmt, mime=mime,
+                        width=width, height=height)
 
 
 def downscale_for_hashing(img: Image.Image, max_side: int = HASH_MAX_SIDE) -> Image.Image:
@@ -257,15 +374,16 @@ def downscale_for_hashing(img: Image.Image, max_side: int = HASH_MAX_SIDE) -> Im
 
     Box (area-average) resampling: a true low-pass filter when shrinking, like the box
     filter PDQ itself applies on the way to 64x64, and about 3x cheaper than Lanczos on
-    500-1000 px photos (4 ms against 12 ms here), which made Lanczos the largest single
-    cost of the hash stage. Images already small enough are returned as they are.
+    500-1000 px photos. Images already small enough are returned as they are. A
+    ``HashedImage`` comes back as one, its plane reduced the same way.
     """
-    w, h = img.size
-    if max(w, h) <= max_side:
+    size = copy_size(*img.size, max_side)
+    if size == img.size:
         return img
-    scale = max_side / max(w, h)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return img.resize(size, Image.Resampling.BOX)
+    small = img.resize(size, Image.Resampling.BOX)
+    if isinstance(img, HashedImage):
+        return _with_luma(small, img.luma, img.full_size)  # the hashes' plane stays as decoded
+    return small
 
 
 # ------------------------------------------------------------------------------ hashes
@@ -276,15 +394,20 @@ def md5_sha256(data: bytes) -> tuple[str, str]:
     return hashlib.md5(data).hexdigest(), hashlib.sha256(data).hexdigest()
 
 
-def _hash_input(img: Image.Image) -> Image.Image:
-    # Idempotent on the audit path (already RGB and <= 512); makes a direct call with a
-    # full-size image hash the same pixels the audit would.
-    return downscale_for_hashing(_to_rgb(img))
+def hash_plane(img: Image.Image) -> tuple[np.ndarray, int, int]:
+    """(luma plane, full width, full height) that PDQ and pHash read for ``img``.
+
+    A ``HashedImage`` (from ``decode_image``) gives its own plane and size, so it hashes
+    exactly as the audit does; any other image is taken as full resolution, converted
+    to luma (transparency on white)."""
+    if isinstance(img, HashedImage):
+        return img.luma, *img.full_size
+    return _luma_of(img), *img.size
 
 
 def phash_of(img: Image.Image) -> str:
     """imagehash's 64-bit DCT pHash as 16 lowercase hex digits (``str(ImageHash)``)."""
-    return str(imagehash.phash(_hash_input(img)))
+    return perceptual_hashes(*hash_plane(img))[2]
 
 
 def pdq_bits_to_hex(bits: Iterable[int]) -> str:
@@ -300,14 +423,10 @@ def pdq_bits_to_hex(bits: Iterable[int]) -> str:
     return packed.tobytes().hex()
 
 
-def _pdq_array(img: Image.Image) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(_hash_input(img), dtype=np.uint8))
-
-
 def pdq_of(img: Image.Image) -> tuple[str, int]:
     """PDQ hash (64 hex digits, threatexchange format) and quality (0..100)."""
-    vector, quality = pdqhash.compute(_pdq_array(img))
-    return pdq_bits_to_hex(vector), int(quality)
+    pdq, quality, _, _ = perceptual_hashes(*hash_plane(img))
+    return pdq, quality
 
 
 def pdq_dihedral_of(img: Image.Image) -> list[tuple[str, str, int]]:
@@ -315,33 +434,52 @@ def pdq_dihedral_of(img: Image.Image) -> list[tuple[str, str, int]]:
 
     Names follow PDQ_DIHEDRAL_NAMES (pdqhash's order); "original" equals ``pdq_of``.
     """
-    vectors, quality = pdqhash.compute_dihedral(_pdq_array(img))
-    return [
-        (name, pdq_bits_to_hex(vector), int(quality))
-        for name, vector in zip(PDQ_DIHEDRAL_NAMES, vectors)
-    ]
+    _, quality, _, dct = perceptual_hashes(*hash_plane(img))
+    return pdq_dihedral(dct, quality)
+
+
+def _perceptual(hashes: ImageHashes, plane: np.ndarray, width: int, height: int) -> None:
+    hashes.pdq, hashes.pdq_quality, hashes.phash, _ = perceptual_hashes(plane, width, height)
+
+
+def _content_hashes(data: bytes) -> ImageHashes:
+    md5_hex, sha256_hex = md5_sha256(data)
+    return ImageHashes(content_md5=md5_hex, content_sha256=sha256_hex, bytes=len(data))
+
+
+def _decoded_or_raise(decode, data: bytes, max_pixels: int, hashes: ImageHashes):
+    try:
+        decoded = decode(data, max_pixels)
+    except ImageError as err:
+        hashes.mime, hashes.width, hashes.height = err.mime, err.width, err.height
+        err.hashes = hashes
+        raise
+    hashes.mime, hashes.width, hashes.height = decoded.mime, decoded.width, decoded.height
+    return decoded
 
 
 def hash_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[ImageHashes, Image.Image]:
-    """All hash columns for one body, plus the downscaled RGB copy they were computed on.
+    """All hash columns for one body, plus the downscaled RGB copy (a ``HashedImage``).
 
     Raises ImageError subclasses (NotAnImage, ImageTooLarge, ImageDecodeError); the
     raised error's ``hashes`` still holds content_md5 / content_sha256 / bytes, and the
     mime and size when the header was readable.
     """
-    md5_hex, sha256_hex = md5_sha256(data)
-    hashes = ImageHashes(content_md5=md5_hex, content_sha256=sha256_hex, bytes=len(data))
-    try:
-        decoded = decode_image(data, max_pixels)
-    except ImageError as err:
-        hashes.mime, hashes.width, hashes.height = err.mime, err.width, err.height
-        err.hashes = hashes
-        raise
+    hashes = _content_hashes(data)
+    decoded = _decoded_or_raise(decode_image, data, max_pixels, hashes)
     small = downscale_for_hashing(decoded.image)
-    hashes.mime, hashes.width, hashes.height = decoded.mime, decoded.width, decoded.height
-    hashes.phash = phash_of(small)
-    hashes.pdq, hashes.pdq_quality = pdq_of(small)
+    _perceptual(hashes, *hash_plane(small))
     return hashes, small
+
+
+def hash_columns(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHashes:
+    """The hash columns of ``hash_image`` without the RGB copy: only the luminance plane
+    is decoded (the audit's path when no later stage wants pixels). Raises as
+    ``hash_image`` does."""
+    hashes = _content_hashes(data)
+    decoded = _decoded_or_raise(decode_luma, data, max_pixels, hashes)
+    _perceptual(hashes, decoded.luma, decoded.width, decoded.height)
+    return hashes
 
 
 def hash_record(record: dict, max_pixels: int = DEFAULT_MAX_PIXELS, keep_image: bool = False) -> dict:
@@ -351,7 +489,8 @@ def hash_record(record: dict, max_pixels: int = DEFAULT_MAX_PIXELS, keep_image: 
     drops the in-flight ``_body`` (image bytes go no further). An ok record becomes ok
     (hashed), too_large, decode_error, not_image or internal_error; any other status
     passes through. With ``keep_image`` the downscaled RGB copy rides along as
-    ``_image`` for the embedding stage, so nothing decodes twice.
+    ``_image`` for the embedding stage, so nothing decodes twice; the hashes are the
+    same either way (both read the same luminance plane).
     """
     record = dict(record)  # shallow: only top-level keys are replaced below
     body = record.pop("_body", None)
@@ -362,7 +501,10 @@ def hash_record(record: dict, max_pixels: int = DEFAULT_MAX_PIXELS, keep_image: 
             raise ValueError("record has status ok but no _body")
         data = bytes(body)
         try:
-            hashes, small = hash_image(data, max_pixels)
+            if keep_image:
+                hashes, small = hash_image(data, max_pixels)
+            else:
+                hashes, small = hash_columns(data, max_pixels), None
         except ImageError as err:
             if err.hashes is not None:
                 record.update(err.hashes.to_columns())
@@ -392,6 +534,7 @@ class DecodeAndHash(beam.DoFn):
 
     def setup(self) -> None:
         self._statuses = StatusCounters("hash")
+        limit_blas_threads()  # one worker per core: BLAS threads would only spin
 
     def process(self, record: dict) -> Iterator[dict]:
         # Every record is counted once, so the status counters sum to the rows in.
@@ -422,15 +565,21 @@ __all__ = [
     "WEB_IMAGE_FORMATS",
     "DecodeAndHash",
     "DecodedImage",
+    "DecodedPlane",
     "HashImages",
+    "HashedImage",
     "ImageDecodeError",
     "ImageError",
     "ImageHashes",
     "ImageTooLarge",
     "NotAnImage",
+    "PLANE_MIN_SIDE",
     "decode_image",
+    "decode_luma",
     "downscale_for_hashing",
+    "hash_columns",
     "hash_image",
+    "hash_plane",
     "hash_record",
     "md5_sha256",
     "pdq_bits_to_hex",
