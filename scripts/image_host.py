@@ -15,16 +15,29 @@ from aiohttp import web
 
 
 class ImageHost:
-    """Serve files under `root` at http://127.0.0.1:PORT/<name>; missing files are 404."""
+    """Serve files under `root` at http://127.0.0.1:PORT/<name>; missing files are 404.
 
-    def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0):
+    /robots.txt is `robots_txt` (None: 404, so everything may be fetched), whatever is in
+    `root`. `requests` counts the other requests, `robots_requests` the robots.txt ones
+    (the fetcher reads robots.txt once per host before the first image)."""
+
+    def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0,
+                 robots_txt: str | None = None):
         self.root = Path(root)
         self.host = host
         self.port = port
+        self.robots_txt = robots_txt
         self.requests = 0
+        self.robots_requests = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="image-host")
         self._runner: web.AppRunner | None = None
+
+    async def _robots(self, request: web.Request) -> web.StreamResponse:
+        self.robots_requests += 1
+        if self.robots_txt is None:
+            raise web.HTTPNotFound()
+        return web.Response(text=self.robots_txt, content_type="text/plain")
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
@@ -37,6 +50,7 @@ class ImageHost:
 
     async def _start(self) -> None:
         app = web.Application()
+        app.router.add_get("/robots.txt", self._robots)
         app.router.add_get("/{name:.+}", self._serve)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -69,8 +83,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("root")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--robots-txt", help="a file served as /robots.txt (default: 404)")
     args = parser.parse_args()
-    with ImageHost(args.root, port=args.port) as host:
+    robots = Path(args.robots_txt).read_text() if args.robots_txt else None
+    with ImageHost(args.root, port=args.port, robots_txt=robots) as host:
         print(f"serving {args.root} at {host.url('')}  (Ctrl-C stops)")
         threading.Event().wait()
 
