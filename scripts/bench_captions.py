@@ -6,8 +6,8 @@ The mix is generated (no download) after what LAION captions look like: mostly o
 product, stock-photo and alt-text captions in the five covered languages, about a fifth
 with numbers (sizes, prices, years, model and order numbers, dates), a few with medical
 words and names, and about 2% with personal data (e-mail, phones, identity, tax, health,
-bank and card numbers, dates of birth). Every caption is distinct, so no scan is saved
-by `caption_flags_batch`'s de-duplication. Reports CPU µs per caption (user + sys of this
+bank and card numbers, dates of birth and life spans). Every caption is distinct, so no
+scan is saved by `caption_flags_batch`'s de-duplication. Reports CPU µs per caption (user + sys of this
 single-threaded process, robust to a shared machine) for the whole mix and for each part,
 and, as the peer, the cost floor every caption pays anyway: folding the text once
 (`fold_text`) and one pre-compiled search over it.
@@ -66,6 +66,7 @@ def with_numbers(rng: random.Random) -> str:
         lambda: f"iPhone {rng.randrange(6, 16)} Pro {rng.choice([64, 128, 256])}GB",
         lambda: f"ISBN 978-{rng.randrange(10)}-{rng.randrange(100, 999)}-{rng.randrange(10**4, 10**5)}-{rng.randrange(10)}",
         lambda: f"{rng.randrange(1, 9)},{rng.randrange(100, 999)},{rng.randrange(100, 999)} views",
+        lambda: f"Preis {rng.randrange(100, 999)}.{rng.randrange(100, 999)}.000 VND",
     ])()
     return f"{base} {number}" if rng.random() < 0.7 else f"{number} {base}"
 
@@ -89,6 +90,9 @@ def personal(rng: random.Random) -> str:
         lambda: "card 4111 1111 1111 1111 exp 12/27",
         lambda: f"Maria Silva, born {rng.randrange(1, 28)} May {rng.randrange(1950, 2005)}",
         lambda: f"geboren am {rng.randrange(1, 28)}.{rng.randrange(1, 12)}.{rng.randrange(1950, 2005)}",
+        lambda: f"Frida Kahlo ({rng.randrange(1, 28)} July {rng.randrange(1850, 1950)} – "
+                f"{rng.randrange(1, 28)} July {rng.randrange(1960, 2020)})",
+        lambda: f"Kate Middleton * {rng.randrange(1, 28)}.{rng.randrange(1, 12)}.{rng.randrange(1950, 2005)}",
         lambda: "NIF 123456789 fatura",
         lambda: "CPF 529.982.247-25",
         lambda: f"{rng.randrange(10, 999)} Baker Street, London",

@@ -26,9 +26,6 @@ from pydantic import BeforeValidator, Field, field_validator
 
 from transforms.data_file import StrictModel, parse_yaml, validate_data
 
-# Languages the medical terms, birth words and month names must cover.
-REQUIRED_LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "pt")
-
 _TERMS_PACKAGE = "transforms"
 _TERMS_RESOURCE = "data/caption_terms.yaml"
 
@@ -84,6 +81,11 @@ class _PerLanguage(StrictModel):
     pt: WordList
 
 
+# Languages the medical terms, birth words and month names must cover: the fields of
+# `_PerLanguage`, which `MonthNames` repeats (its entries are lists of lists).
+REQUIRED_LANGUAGES: tuple[str, ...] = tuple(_PerLanguage.model_fields)
+
+
 class BirthWords(_PerLanguage):
     """Words after which a date is a date of birth ("born", "geboren", "née")."""
 
@@ -91,7 +93,8 @@ class BirthWords(_PerLanguage):
 
 
 class MonthNames(StrictModel):
-    """Twelve entries per language, January first; each the spellings of that month."""
+    """Twelve entries per language, January first; each the spellings of that month.
+    The required languages are REQUIRED_LANGUAGES (a test holds the two together)."""
 
     en: list[WordList]
     de: list[WordList]
@@ -138,12 +141,14 @@ class ContextsSection(StrictModel):
     nif: WordList
     steuer_id: WordList
     nhs: WordList
+    nino: WordList
     payment_card: WordList
     handle: WordList
 
 
 class DatesSection(StrictModel):
     birth_words: BirthWords
+    gap_words: WordList
     months: MonthNames
 
 
@@ -194,14 +199,20 @@ class CaptionTerms:
     es_pt_street_prefixes: tuple[str, ...]
     contexts: dict[str, tuple[str, ...]]
     social_profiles: tuple[SocialProfileHost, ...]
-    # Birth words per language, folded.
+    # Birth words per language, lower case with their accents ("né" is not "ne").
     birth_words: dict[str, tuple[str, ...]]
+    # Words allowed between a birth word and its date ("on", "am", "le"), lower case.
+    birth_gap_words: tuple[str, ...]
     # Month spellings, lower case as written and folded ("märz", "marz") -> 1..12.
     months: dict[str, int]
 
 
 def _folded(words: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(fold_text(word) for word in words))
+
+
+def _lowered(words: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(word.lower() for word in words))
 
 
 def _languages(section: StrictModel) -> dict[str, Any]:
@@ -243,7 +254,10 @@ def parse_caption_terms(data: Any, source: str = _TERMS_RESOURCE) -> CaptionTerm
             )
             for entry in raw.social_profiles
         ),
-        birth_words={lang: _folded(words) for lang, words in _languages(raw.dates.birth_words).items()},
+        birth_words={
+            lang: _lowered(words) for lang, words in _languages(raw.dates.birth_words).items()
+        },
+        birth_gap_words=_lowered(raw.dates.gap_words),
         months=months,
     )
 

@@ -5,12 +5,13 @@ Fast candidate patterns find the shapes (a dashed SSN, a punctuated CPF, an IBAN
 country and check digits); python-stdnum then checks each candidate, so a number that
 looks right but fails its checksum is not flagged as that kind. Shapes common in ordinary
 captions (a bare run of 9 to 16 digits) count only after a word that names the number
-("NIF", "Steuer-ID", "NHS no", "card").
+("NIF", "Steuer-ID", "NHS no", "NINO", "card").
 
 Kinds, after the way python-stdnum describes each number:
 
 - ``national_id``: US SSN, ES DNI / NIE, FR NIR, BR CPF, PT Cartão de Cidadão, UK
-  National Insurance number, passport and ID-card numbers after their document word;
+  National Insurance number (after its word: it has no check digit), passport and ID-card
+  numbers after their document word;
 - ``tax_id``: BR CNPJ, PT NIF / NIPC, DE Steuer-IdNr, IT codice fiscale;
 - ``health_id``: GB NHS number;
 - ``iban``: any country's IBAN (ISO 13616: country format and mod-97 check);
@@ -84,6 +85,20 @@ def card_number_valid(digits: str) -> bool:
     return False
 
 
+# The identifiers that count only after their word; their words make the context gate.
+_CONTEXT_GATED = ("ssn", "cpf", "insee", "cnpj", "nif", "steuer_id", "nhs", "nino", "payment_card")
+
+# UK National Insurance number: two prefix letters (not D, F, I, Q, U, V; the second not O;
+# not the unused pairs), six digits, a suffix A-D. It has no check digit, and product codes
+# of that shape are common, so it counts only after its own word.
+_NINO = re.compile(r"(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]\d{6}[A-D]")
+
+
+def nino_valid(compact: str) -> bool:
+    """A UK National Insurance number's letters and digits (it has no check digit)."""
+    return _NINO.fullmatch(compact) is not None
+
+
 class IdentifierScanner:
     """The identifier patterns of one set of terms; ``kinds`` names what a caption holds."""
 
@@ -144,12 +159,10 @@ class IdentifierScanner:
         # A codice fiscale alone, for captions without a run of digits (its digits are
         # too few and too spread out for one).
         self._codice_fiscale = re.compile(r"\d(?P<codice_fiscale>" + shapes["codice_fiscale"] + ")")
-        # Shapes that start with a capital letter, taken first like the digit above.
+        # A NIE starts with a capital letter, taken first like the digit above.
         self._letter_shapes = re.compile(
             r"[A-Z](?:"
             r"(?P<nie>(?<=[XYZ])(?<![\w\-.].)-?\d{7}-?[A-Z](?!\w))"
-            r"|(?P<uk_nino>(?<=[A-CEGHJ-PR-TW-Z])(?<!\w.)[A-CEGHJ-NPR-TW-Z]"
-            r"(?<!BG|GB|NK|KN|TN|NT|ZZ)\s?\d\d\s?\d\d\s?\d\d\s?[A-D](?!\w))"
             r")"
         )
 
@@ -178,6 +191,9 @@ class IdentifierScanner:
         self._nhs_context = re.compile(
             after("nhs") + r"[^\d\n]{0,12}(?P<number>\d{3}[\s\-]?\d{3}[\s\-]?\d{4})(?!\d)"
         )
+        self._nino_context = re.compile(
+            after("nino") + r"[^\w\n]{0,5}(?P<number>[a-z]{2}\s?\d\d\s?\d\d\s?\d\d\s?[a-d])(?!\w)"
+        )
         # A plain run of digits is a card number only after a card word.
         self._card_context = re.compile(
             after("payment_card") + r"[^\d\n]{0,20}(?P<number>\d{12,19})(?!\d)"
@@ -187,6 +203,7 @@ class IdentifierScanner:
             (self._ssn_context, "national_id", ssn.is_valid, NON_DIGITS),
             (self._cpf_context, "national_id", cpf.is_valid, NON_DIGITS),
             (self._insee_context, "national_id", nir.is_valid, NON_ALNUM),  # Corsica: 2A, 2B
+            (self._nino_context, "national_id", nino_valid, NON_ALNUM),
             (self._cnpj_context, "tax_id", cnpj.is_valid, NON_DIGITS),
             (self._nif_context, "tax_id", nif.is_valid, NON_DIGITS),
             (self._idnr_context, "tax_id", idnr.is_valid, NON_DIGITS),
@@ -229,9 +246,6 @@ class IdentifierScanner:
         return False
 
 
-# The identifiers that count only after their word; their words make the context gate.
-_CONTEXT_GATED = ("ssn", "cpf", "insee", "cnpj", "nif", "steuer_id", "nhs", "payment_card")
-
 
 def _iban_valid(candidate: str) -> bool:
     """An IBAN at the start of ``candidate``: the pattern may have taken a word after it
@@ -246,10 +260,6 @@ def _iban_valid(candidate: str) -> bool:
     return False
 
 
-def _always(_: str) -> bool:
-    return True
-
-
 _KEEP_AS_WRITTEN = re.compile(r"(?!)")  # removes nothing
 
 # Shape group -> (kind, check, characters removed before the check, letters before
@@ -261,7 +271,6 @@ _SHAPES: dict[str, tuple[str, Callable[[str], bool], re.Pattern, int]] = {
     "nie": ("national_id", nie.is_valid, NON_ALNUM, 0),
     "nir": ("national_id", nir.is_valid, NON_ALNUM, 0),
     "citizen_card": ("national_id", citizen_card.is_valid, NON_ALNUM, 0),
-    "uk_nino": ("national_id", _always, NON_ALNUM, 0),  # no check digit
     "cnpj": ("tax_id", cnpj.is_valid, NON_DIGITS, 0),
     "codice_fiscale": ("tax_id", codicefiscale.is_valid, NON_ALNUM, 6),
     "iban": ("iban", _iban_valid, _KEEP_AS_WRITTEN, 2),

@@ -18,7 +18,10 @@ from transforms.caption_terms import CaptionTerms
 from transforms.captions.patterns import NUMBER_END, term_regex
 
 _AMOUNT = re.compile(r"\+?\d{1,3}(?:[.,\s]\d{3})+")
+_SPACE_GROUPS = re.compile(r"\+\d{1,3}(?: \d{3})+")
 _DOUBLE_SEPARATOR = re.compile(r"[\s.\-/]{2,}")
+# ddd ddd ddd (one separator throughout), not ending in round thousands ("289 000 000").
+_NINE_DIGITS_IN_THREES = re.compile(r"\d{3}([\s.])\d{3}\1(?!000$)\d{3}")
 
 # Each national shape and the regions whose numbers it may be (by the named group).
 _NATIONAL_SHAPES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -30,9 +33,9 @@ _NATIONAL_SHAPES: dict[str, tuple[tuple[str, ...], str]] = {
     "de": (("DE", "AT"), r"0\d{2,4}[\s/\-]\d{5,8}"),
     # FR: 06 12 34 56 78, 06.12.34.56.78, 0612345678 (one separator throughout)
     "fr": (("FR",), r"0[1-9]([\s.\-]?)\d\d(?:(?P=fr_sep)\d\d){3}"),
-    # ES and PT: 612 34 56 78, 912 345 678; Lisbon and Porto landlines 213 456 789
-    "es_pt": (("ES", "PT"), r"[6789]\d\d([\s.])\d\d(?P=es_pt_sep)\d\d(?P=es_pt_sep)\d\d"
-                            r"|[2-9]\d\d([\s.])\d{3}(?P=es_pt_sep2)\d{3}"),
+    # ES and PT: 612 34 56 78. (912 345 678 and the Lisbon landline 213 456 789 are grouped
+    # like an amount, "Preço: 213 456 789 Kz": they count only after a phone word.)
+    "es_pt": (("ES", "PT"), r"[6789]\d\d([\s.])\d\d(?P=es_pt_sep)\d\d(?P=es_pt_sep)\d\d"),
     # BR: (11) 91234-5678, (21) 3456-7890, 11 91234-5678
     "br": (("BR",), r"\(\d\d\)\s?9?\d{4}-?\d{4}|\d\d\s9\d{4}-\d{4}"),
 }
@@ -59,8 +62,9 @@ def plausible_phone(candidate: str, international: bool) -> bool:
             return False
     elif not 7 <= digits <= 15:
         return False
-    # "+12.000.000" and "1,299,000" are amounts, not numbers to call.
-    if _AMOUNT.fullmatch(candidate):
+    # "+12.000.000" and "1,299,000" are amounts, not numbers to call; "+351 213 456 789"
+    # is how an international number is written (E.123), and is then checked as one.
+    if _AMOUNT.fullmatch(candidate) and not (international and _SPACE_GROUPS.fullmatch(candidate)):
         return False
     if candidate.count("(") != candidate.count(")"):
         return False
@@ -112,8 +116,10 @@ class PhoneScanner:
             candidate = match.group("number")
             if plausible_phone(candidate, international=False):
                 return True
-            # "Telefone: 213 456 789" is grouped like an amount; after a phone word it is
-            # a phone if it is a valid number somewhere.
-            if _AMOUNT.fullmatch(candidate) and valid_phone(candidate, self._all_regions):
+            # "Telefone: 213 456 789" (ES, PT) is grouped like an amount; after a phone word
+            # that one grouping counts if it is a valid number somewhere. "Tel: 12.000.000"
+            # does not: other groupings, and round thousands, are amounts.
+            if _NINE_DIGITS_IN_THREES.fullmatch(candidate) \
+                    and valid_phone(candidate, self._all_regions):
                 return True
         return False
