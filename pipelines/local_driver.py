@@ -13,18 +13,24 @@ Each group writes its own part of the outputs, under its own names:
     embeddings/...            shards named after the group
     clean/<file>              a file whose rows all lie in the group is cleaned there;
                               a file split over groups is cleaned after the last group
-    report/groups/g00003.json the group's counts (summary_counts), its read units and
-                              Beam's row counts: written once its pipeline finished,
-                              it records the group as done
+    report/groups/g00003.json the group's counts (summary_counts), its read units, its
+                              input files' size and modification time, and Beam's row
+                              counts: written once its pipeline finished, it records
+                              the group as done
+    report/groups/g00003.previous.parquet
+                              with dataset.previous_audit: the previous audit's rows of
+                              the group's URLs, which its join reads (share_previous);
+                              removed when the group is done
 
 and report/summary.json is the sum of the group files, checked as one run's
 (`account`: rows in == rows audited by the outputs and by Beam's metrics, summed).
 
 Resume: a run started again with the same config (`config_sha256` of the existing
 report/manifest.json) and output path keeps every group whose file exists, names the same
-read units and accounted for its rows, removes every other part (a killed group's
-partial shards, Beam's temp folders) and runs the rest. A different config, or `fresh`,
-clears the outputs and starts over.
+read units, accounted for its rows and finds its input files of the size and modification
+time it recorded (a file edited in place is audited again), removes every other part (a
+killed group's partial shards, Beam's temp folders, shares of a previous audit) and runs
+the rest. A different config, or `fresh`, clears the outputs and starts over.
 """
 from __future__ import annotations
 
@@ -84,6 +90,9 @@ class Group:
     output_path: str
     sources: dict[str, str]  # the whole run's row-id names of files (as ReadDataset names them)
     clean_files: tuple[str, ...]  # the files whose rows all lie in this group: cleaned by it
+    # With dataset.previous_audit: the file holding this group's share of the previous
+    # audit (`previous_file`, written just before the group runs), which its join reads.
+    previous: str | None = None
 
     @property
     def name(self) -> str:
@@ -100,6 +109,14 @@ class Group:
     @property
     def counts_file(self) -> str:  # the group pipeline's own summary, before Beam's counts are added
         return output_dir(groups_dir(self.output_path), f"{self.name}.counts.json")
+
+    @property
+    def previous_file(self) -> str:
+        return output_dir(groups_dir(self.output_path), f"{self.name}.previous.parquet")
+
+    def files(self) -> list[str]:
+        """The input files this group reads rows of."""
+        return list(dict.fromkeys(u.path for u in self.units))
 
     def unit_keys(self) -> list[dict]:
         """The read units as recorded in the group's file, to tell a plan's group apart."""
@@ -161,9 +178,24 @@ def _write_json_atomic(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def finished_group(group: Group) -> dict | None:
+def file_identities(paths: list[str]) -> dict[str, dict]:
+    """What tells an input file's content changed, by path: its size and modification
+    time (locally os.stat's; remotely what the filesystem's listing offers, e.g. an
+    object's update time), from one FileSystems.match. A file edited in place gets a new
+    identity even when its row layout stays the same."""
+    identities = {}
+    for path, found in zip(paths, FileSystems.match(list(paths))):
+        meta = found.metadata_list[0] if found.metadata_list else None
+        identities[path] = {"size": None if meta is None else meta.size_in_bytes,
+                            "mtime": None if meta is None else meta.last_updated_in_seconds}
+    return identities
+
+
+def finished_group(group: Group, identities: dict[str, dict] | None = None) -> dict | None:
     """The group's recorded summary when it is done: its file exists, names the same read
-    units, and its rows were all accounted for; else None (the group is run again)."""
+    units, its rows were all accounted for and (given `identities`, file_identities of
+    the inputs now) its input files are as they were when it ran; else None (the group
+    is run again)."""
     if not _exists(group.done_file):
         return None
     try:
@@ -172,7 +204,13 @@ def finished_group(group: Group) -> dict | None:
         return None
     if recorded.get("units") != group.unit_keys() or not recorded.get("all_rows_accounted"):
         return None
+    if identities is not None and recorded.get("inputs") != _inputs_of(group, identities):
+        return None
     return recorded
+
+
+def _inputs_of(group: Group, identities: dict[str, dict]) -> dict[str, dict]:
+    return {path: identities.get(path) for path in group.files()}
 
 
 def previous_config(output_path: str) -> str | None:
@@ -185,14 +223,7 @@ def previous_config(output_path: str) -> str | None:
 
 def _clear_group_files(output_path: str, keep: set[str]) -> None:
     """Remove the group files (and their temp and counts files) of groups not in `keep`."""
-    folder = groups_dir(output_path)
-    if paths_mod.is_remote(folder):
-        found = [m.path for m in FileSystems.match([folder + "/*"])[0].metadata_list]
-    elif os.path.isdir(folder):
-        found = [os.path.join(folder, name) for name in os.listdir(folder)]
-    else:
-        return
-    stale = [p for p in found if p.rsplit("/", 1)[-1] not in keep]
+    stale = [path for name, path in paths_mod.list_folder(groups_dir(output_path)) if name not in keep]
     if stale:
         FileSystems.delete(stale)
 
@@ -222,10 +253,35 @@ def _build_group(config: AuditConfig, plan, group: Group) -> beam.Pipeline:
     return pipeline
 
 
-def run_group(config: AuditConfig, plan, group: Group, pipeline: beam.Pipeline | None = None) -> dict:
-    """Run one group's pipeline and record it done: its counts, read units and Beam's
-    row counts in report/groups/<group>.json (written last)."""
+def share_previous(config: AuditConfig, plan, group: Group) -> Group:
+    """With dataset.previous_audit: write the group's share of the previous audit (the
+    rows whose url_sha256 is among the group's) to its `previous_file`, and return the
+    group reading it; without, the group as it is.
+
+    This bounds a group's memory by the group: its join holds its own rows and their
+    previous rows only, not the whole previous audit once per group. The previous
+    audit's url_sha256 column is scanned once per group (a vectorised set lookup); its
+    other columns are read only where a row group holds a hit."""
+    if not config.dataset.previous_audit:
+        return group
+    from transforms.reuse import url_keys, write_previous_rows
+
     started = time.monotonic()
+    keys = url_keys(group.units, plan.spec)
+    rows = write_previous_rows(config.dataset.previous_audit, keys, group.previous_file)
+    log.info("audit group %s: %d previous row(s) for %d url(s) in %.1fs", group.name, rows, len(keys),
+             time.monotonic() - started)
+    return dataclasses.replace(group, previous=group.previous_file)
+
+
+def run_group(config: AuditConfig, plan, group: Group, pipeline: beam.Pipeline | None = None,
+              inputs: dict[str, dict] | None = None) -> dict:
+    """Run one group's pipeline and record it done: its counts, read units, input file
+    identities (`inputs`: file_identities) and Beam's row counts in
+    report/groups/<group>.json (written last)."""
+    started = time.monotonic()
+    if config.dataset.previous_audit:
+        group, pipeline = share_previous(config, plan, group), None  # built again, reading its share
     pipeline = pipeline or _build_group(config, plan, group)
     result = pipeline.run()
     result.wait_until_finish()
@@ -235,12 +291,13 @@ def run_group(config: AuditConfig, plan, group: Group, pipeline: beam.Pipeline |
     recorded.update(
         group=group.name,
         units=group.unit_keys(),
+        inputs=_inputs_of(group, inputs or {}),
         metrics=metrics,
         wall_s=round(time.monotonic() - started, 3),
         all_rows_accounted=len({counts["rows_in"], counts["rows_audited"], *metrics.values()}) == 1,
     )
     _write_json_atomic(group.done_file, recorded)
-    FileSystems.delete([group.counts_file])
+    FileSystems.delete([group.counts_file] + ([group.previous] if group.previous else []))
     return recorded
 
 
@@ -261,10 +318,14 @@ def run_clean(config: AuditConfig, plan, files: list[str], sources: dict[str, st
     pipeline.run().wait_until_finish()
 
 
-def run_local_audit(config: AuditConfig, plan, fresh: bool = False) -> tuple[dict, float]:
+def run_local_audit(config: AuditConfig, plan, fresh: bool = False, progress=None) -> tuple[dict, float]:
     """Drive an audit group by group (see the module's docstring); return the whole
-    run's summary (written to report/summary.json) and this run's wall seconds."""
+    run's summary (written to report/summary.json) and this run's wall seconds.
+    `progress` (pipelines.progress.Progress) is told the total and each group's end."""
     from pipelines.audit import account, audit_manifest
+    from pipelines.progress import NO_PROGRESS, total_rows
+
+    progress = progress or NO_PROGRESS
 
     started = time.monotonic()
     out = config.output.path
@@ -278,6 +339,8 @@ def run_local_audit(config: AuditConfig, plan, fresh: bool = False) -> tuple[dic
         raise ConfigError(str(err).splitlines()[0]) from None
 
     previous = previous_config(out)
+    # Taken before any group runs: a file edited while the run goes is seen as changed.
+    identities = file_identities(plan.paths)
     done: dict[str, dict] = {}
     if fresh or previous != manifest.config_sha256:
         if previous is not None and not fresh:
@@ -285,7 +348,7 @@ def run_local_audit(config: AuditConfig, plan, fresh: bool = False) -> tuple[dic
         clear_outputs(out)
     else:
         for group in groups:
-            recorded = finished_group(group)
+            recorded = finished_group(group, identities)
             if recorded is not None:
                 done[group.name] = recorded
         # A killed group's partial parts, Beam's temp folders, the old totals: gone.
@@ -294,6 +357,8 @@ def run_local_audit(config: AuditConfig, plan, fresh: bool = False) -> tuple[dic
         if _exists(summary_path(out)):
             FileSystems.delete([summary_path(out)])
     write_manifest(out, manifest)
+    progress.start(total_rows(groups), sum(s["rows_audited"] for s in done.values()),
+                   sum((s.get("status") or {}).get("ok", 0) for s in done.values()))
 
     summaries = []
     for group in groups:
@@ -301,7 +366,8 @@ def run_local_audit(config: AuditConfig, plan, fresh: bool = False) -> tuple[dic
             summaries.append(done[group.name])
             continue
         log.info("audit group %s: %d read unit(s)", group.name, len(group.units))
-        summaries.append(run_group(config, plan, group, first if group.index == 0 else None))
+        summaries.append(run_group(config, plan, group, first if group.index == 0 else None, identities))
+        progress.group_done(summaries[-1]["rows_audited"], (summaries[-1].get("status") or {}).get("ok", 0))
     run_clean(config, plan, split_files(groups), groups[0].sources)
 
     total = sum_summaries(summaries)

@@ -8,9 +8,16 @@ wall, peak RSS and the Nx/1x ratio (the goal: within 1.3x).
     python scripts/bench_memory.py                        # fetch off, 50k/4 files vs 200k/16 files
     python scripts/bench_memory.py --fetch --rows 5000    # fetch on, against a local image host
     python scripts/bench_memory.py --group-rows 0         # one pipeline, as before the driver
+    python scripts/bench_memory.py --previous             # with dataset.previous_audit
 
 Fetch on serves a few photo-like JPEGs from 127.0.0.1 (scripts/image_host.py), each URL
 distinct by its query string.
+
+--previous writes, beside each scale's dataset, a previous audit (AUDIT_SCHEMA, status
+ok, hashes and scores filled) of 5 rows in 6 of it (a new version = the old + 20 %), in
+files of 50k rows as an audit's groups write them, and sets dataset.previous_audit: the
+measured run reuses those rows and fetches (or, fetch off, marks not_fetched) the rest.
+Also printed: core-ms per row (user + sys CPU of the run's process tree / rows).
 """
 from __future__ import annotations
 
@@ -24,6 +31,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import datetime as dt
+import hashlib
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -78,7 +88,57 @@ def write_dataset(folder: Path, rows: int, files: int, url_of) -> None:
         pq.write_table(table, folder / f"part-{f:05d}.parquet", row_group_size=5000)
 
 
-def run_once(work: Path, rows: int, files: int, url_of, fetch: bool, group_rows: int | None) -> dict:
+def write_previous_audit(folder: Path, rows: int, url_of, file_rows: int = 50_000) -> int:
+    """An earlier audit of the rows i with i % 6 != 5, as audit/ parquet; returns its rows."""
+    from transforms.records import AUDIT_SCHEMA, audit_row, new_record
+    from transforms.urls import url_sha256_of
+
+    folder = folder / "audit"
+    folder.mkdir(parents=True)
+    kept = [i for i in range(rows) if i % 6 != 5]
+    when = dt.datetime.now(dt.timezone.utc)
+    for part, start in enumerate(range(0, len(kept), file_rows)):
+        batch = []
+        for i in kept[start:start + file_rows]:
+            record = new_record(f"part:{i}", url_of(i), f"a photo of a quiet beach at dusk, number {i}")
+            digest = hashlib.md5(str(i).encode()).hexdigest()
+            record.update(url_sha256=url_sha256_of(url_of(i)), status="ok", http_status=200,
+                          content_md5=digest, content_sha256=digest * 2, bytes=40_000, mime="image/jpeg",
+                          width=640, height=480, phash=digest[:16], pdq=digest * 2, pdq_quality=90,
+                          scores={"nudity": 0.01, "violence": 0.02}, labels=[], action="keep", audited_at=when)
+            batch.append(audit_row(record))
+        pq.write_table(pa.Table.from_pylist(batch, AUDIT_SCHEMA),
+                       folder / f"g{part:05d}-part-00000-of-00001.parquet", row_group_size=file_rows)
+    return len(kept)
+
+
+def scan_cost(previous: Path, url_of, group_rows: int) -> None:
+    """Print the CPU a local group spends picking its share of a previous audit
+    (transforms.reuse.previous_rows_of), per previous row scanned: the part of a local
+    rerun that grows with groups x previous rows."""
+    from transforms.reuse import previous_files, previous_rows_of
+    from transforms.urls import url_sha256_of
+
+    files = previous_files([str(previous)])
+    scanned = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    keys = pa.array(sorted({url_sha256_of(url_of(i)) for i in range(group_rows)}))
+    best = None
+    for _ in range(3):
+        started = time.process_time()
+        hits = sum(t.num_rows for t in previous_rows_of(files, keys))
+        spent = time.process_time() - started
+        best = spent if best is None else min(best, spent)
+    print(f"share of the previous audit for one group of {group_rows} rows: {scanned} previous rows scanned, "
+          f"{hits} picked, {best:.2f}s CPU = {1e6 * best / scanned:.2f} us per previous row per group")
+
+
+def _cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(work: Path, rows: int, files: int, url_of, fetch: bool, group_rows: int | None,
+             previous: bool = False) -> dict:
     data = work / "data"
     write_dataset(data, rows, files, url_of)
     config = {
@@ -89,7 +149,11 @@ def run_once(work: Path, rows: int, files: int, url_of, fetch: bool, group_rows:
     }
     if group_rows is not None:
         config["runner"]["local_group_rows"] = group_rows
+    if previous:
+        write_previous_audit(work / "previous", rows, url_of)
+        config["dataset"]["previous_audit"] = [str(work / "previous")]
     (work / "config.yaml").write_text(yaml.safe_dump(config))
+    cpu_before = _cpu_children()
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(work / "config.yaml")],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -102,12 +166,13 @@ def run_once(work: Path, rows: int, files: int, url_of, fetch: bool, group_rows:
         time.sleep(0.05)
     reader.join()
     wall = time.monotonic() - started
+    cpu = _cpu_children() - cpu_before
     if proc.returncode != 0:
         sys.stderr.write(b"".join(output).decode(errors="replace")[-3000:])
         raise SystemExit(f"run failed (exit {proc.returncode})")
     summary = json.loads((work / "out" / "report" / "summary.json").read_text())
     return {"rows": summary["rows_audited"], "files": files, "groups": summary.get("groups", 1),
-            "wall_s": wall, "peak_rss": peak, "accounted": summary["all_rows_accounted"],
+            "wall_s": wall, "cpu_s": cpu, "peak_rss": peak, "accounted": summary["all_rows_accounted"],
             "status": summary["status"]}
 
 
@@ -120,6 +185,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32, help="distinct images the host serves")
     parser.add_argument("--group-rows", type=int, default=None,
                         help="runner.local_group_rows (default: the config's; 0: one pipeline)")
+    parser.add_argument("--previous", action="store_true",
+                        help="set dataset.previous_audit to an earlier audit of 5 rows in 6")
     args = parser.parse_args()
 
     host = None
@@ -139,11 +206,14 @@ def main() -> None:
             results = []
             for scale in (1, args.scale):
                 result = run_once(Path(tmp, f"x{scale}"), args.rows * scale, args.files * scale, url_of,
-                                  args.fetch, args.group_rows)
+                                  args.fetch, args.group_rows, args.previous)
                 results.append(result)
                 print(f"{scale}x: rows={result['rows']} files={result['files']} groups={result['groups']} "
-                      f"wall={result['wall_s']:.1f}s peak_rss={result['peak_rss'] / 2**20:.0f} MiB "
+                      f"wall={result['wall_s']:.1f}s core_ms_per_row={1000 * result['cpu_s'] / result['rows']:.3f} "
+                      f"peak_rss={result['peak_rss'] / 2**20:.0f} MiB "
                       f"accounted={result['accounted']} status={result['status']}", flush=True)
+            if args.previous:
+                scan_cost(Path(tmp, f"x{args.scale}", "previous"), url_of, args.group_rows or 50_000)
         finally:
             if host is not None:
                 host.stop()

@@ -1,6 +1,8 @@
 """Local audits run group by group (pipelines/local_driver.py): a run killed part-way
-and started again finishes only the groups left, and the outputs hold every input row
-exactly once; `--fresh` starts over; a changed config replaces the old outputs."""
+and started again finishes only the groups left (fetch off, and fetch on against a real
+local image host that counts what it serves), and the outputs hold every input row
+exactly once; `--fresh` starts over; a changed config replaces the old outputs; a group
+whose input file was edited in place is run again."""
 from __future__ import annotations
 
 import collections
@@ -21,7 +23,9 @@ from pipelines.cli import main
 from pipelines.config import RunnerConfig, parse_config
 from pipelines.local_driver import is_local_runner, plan_groups, split_files
 from pipelines.manifest import config_sha256, read_manifest
+from scripts.sample_images import make_photo_jpeg
 from tests.conftest import laion_table
+from tests.hostile_server import HostileServer
 from transforms.read import DatasetSpec
 from transforms.takedown import TakedownEntry, write_list
 
@@ -125,6 +129,88 @@ def test_a_killed_run_resumes_with_every_row_once(tmp_path):
     assert (summary["groups_reused"], summary["groups_run"]) == (0, FILES)
     assert all(_done_groups(out)[name] > done[name] for name in done)
     assert _audited_ids(out) == ids
+
+
+def test_a_run_killed_after_60_percent_of_its_fetches_refetches_only_the_rest(tmp_path):
+    """Fetch on, 8 input files, a group per file: SIGKILL the run's process tree once the
+    image host has served 60 % of the rows; the rerun fetches only the rows of the groups
+    not recorded done (at most 75 % of all), and audit/ holds every row once, all ok."""
+    per_file, kill_at = 40, 0.6
+    rows = FILES * per_file
+    with HostileServer(host="127.0.0.2") as host:
+        for k in range(4):
+            host.add_image(f"{k}.jpg", make_photo_jpeg(k, 48, 36))
+        (tmp_path / "data").mkdir()
+        for f in range(FILES):
+            # Every row its own URL (the query string), so every row is one image request
+            # (`host.requests`: robots.txt ones are not among them).
+            urls = [host.url(f"/img/{i % 4}.jpg?f={f}&i={i}") for i in range(per_file)]
+            pq.write_table(laion_table(urls), tmp_path / "data" / f"part-{f:02d}.parquet", row_group_size=10)
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({
+            "dataset": {"input": str(tmp_path / "data" / "*.parquet")},
+            "output": {"path": str(tmp_path / "out")},
+            "fetch": {"timeout_s": 10, "retries": 0, "allowed_private_hosts": [f"127.0.0.2:{host.port}"]},
+            "runner": {"name": "FnApiRunner", "local_group_rows": per_file},
+        }))
+        out = tmp_path / "out"
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(config)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while len(host.requests) < kill_at * rows:
+                assert proc.poll() is None, "the run ended before it could be killed"
+                assert time.monotonic() < deadline, "the run fetched too slowly"
+                time.sleep(0.005)
+            os.killpg(proc.pid, signal.SIGKILL)  # the CLI and anything it started
+        finally:
+            proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        served_before, done = len(host.requests), _done_groups(out)
+        assert kill_at * rows <= served_before < rows and 0 < len(done) < FILES, (served_before, done)
+
+        host.clear_requests()
+        assert main(["run", str(config)]) == 0
+        refetched = len(host.requests)
+
+    # Only the rows of the groups not recorded done are fetched again.
+    assert refetched == (FILES - len(done)) * per_file
+    assert refetched <= 0.75 * rows
+    summary = _summary(out)
+    assert (summary["groups_reused"], summary["groups_run"]) == (len(done), FILES - len(done))
+    ids = _audited_ids(out)
+    assert set(ids) == {f"part-{f:02d}.parquet:{i}" for f in range(FILES) for i in range(per_file)}
+    assert set(ids.values()) == {1}
+    assert summary["status"] == {"ok": rows} and summary["all_rows_accounted"] is True
+
+
+def test_a_file_edited_in_place_is_audited_again(tmp_path):
+    """Same size, same row groups, other URLs: only the group reading it runs again."""
+    _dataset(tmp_path)
+    config = _config(tmp_path)
+    out = tmp_path / "out"
+    assert main(["run", config]) == 0
+    before = _done_groups(out)
+    edited = tmp_path / "data" / "part-03.parquet"
+    stat = edited.stat()
+    urls = [f"http://img.example/3/{i}.png" for i in range(ROWS)]  # as long as the .jpg ones
+    pq.write_table(laion_table(urls), edited, row_group_size=10)
+    assert edited.stat().st_size == stat.st_size  # the premise: only its time tells
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+
+    assert main(["run", config]) == 0
+    summary = _summary(out)
+    assert (summary["groups_reused"], summary["groups_run"]) == (FILES - 1, 1)
+    after = _done_groups(out)
+    assert {n: t for n, t in after.items() if n != "g00003.json"} == {n: t for n, t in before.items()
+                                                                        if n != "g00003.json"}
+    assert after["g00003.json"] > before["g00003.json"]
+    rows = [r for f in glob.glob(f"{out}/audit/*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert len(rows) == FILES * ROWS
+    assert sorted(r["url"] for r in rows if r["row_id"].startswith("part-03")) == sorted(urls)
+    # Untouched since: nothing runs.
+    assert main(["run", config]) == 0
+    assert _summary(out)["groups_run"] == 0
 
 
 def test_a_changed_config_replaces_the_outputs(tmp_path):

@@ -19,9 +19,11 @@ from scripts.sample_images import make_photo_jpeg
 from tests.conftest import laion_table
 from tests.hostile_server import HostileServer
 from transforms.fetch_settings import FetchSettings, parse_duration
-from transforms.records import AUDIT_SCHEMA
+from transforms.read import ReadUnit
+from transforms.records import AUDIT_SCHEMA, audit_row, new_record
 from transforms.reuse import (
     PREVIOUS_COLUMNS,
+    PREVIOUS_SCHEMA,
     ReuseAudited,
     needs_fetch,
     original_status,
@@ -31,6 +33,8 @@ from transforms.reuse import (
     reuse_counts,
     reuse_record,
     reused_error,
+    url_keys,
+    write_previous_rows,
 )
 from transforms.takedown.lists import TakedownEntry, write_list
 
@@ -148,6 +152,84 @@ def test_previous_audit_must_exist_and_not_be_the_output(tmp_path):
     ReuseAudited([str(tmp_path / "out" / "audit" / "part-0.parquet")], output_path=str(tmp_path / "new"))
 
 
+def _sha(url: str) -> str:  # the URLs below are already in normal form
+    import hashlib
+
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
+def test_a_groups_share_of_previous_audits_is_the_rows_of_its_urls(tmp_path):
+    """A local run's group joins only the previous rows of its own URLs: from every
+    previous audit, every row group, an older audit's narrower schema included."""
+    urls = [f"http://img.example/{i}.jpg" for i in range(40)]
+    rows = []
+    for i, url in enumerate(urls):
+        record = new_record(f"v1:{i}", url, "c")
+        record.update(url_sha256=_sha(url), status="ok" if i % 3 else "timeout", content_md5=f"{i:032x}",
+                      scores={"nudity": i / 100}, labels=["x"] if i % 2 else [])
+        rows.append(audit_row(record))
+    (tmp_path / "a" / "audit").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows[:25], AUDIT_SCHEMA), tmp_path / "a" / "audit" / "p0.parquet",
+                   row_group_size=4)
+    pq.write_table(pa.Table.from_pylist(rows[25:], AUDIT_SCHEMA), tmp_path / "a" / "audit" / "p1.parquet",
+                   row_group_size=4)
+    # An older audit without the score columns, naming URL 7 again and one of its own.
+    older = pa.Table.from_pylist(rows[5:8] + rows[30:31], AUDIT_SCHEMA).drop_columns(["scores", "labels", "model"])
+    pq.write_table(older, tmp_path / "older.parquet")
+
+    wanted = {7, 8, 30, 39}
+    keys = pa.array(sorted(_sha(urls[i]) for i in wanted) + [_sha("http://img.example/never.jpg")])
+    share = tmp_path / "share.parquet"
+    written = write_previous_rows([str(tmp_path / "a"), str(tmp_path / "older.parquet")], keys, str(share))
+
+    table = pq.read_table(share)
+    assert table.schema == PREVIOUS_SCHEMA
+    got = sorted((r["url_sha256"], r["content_md5"], r["status"], r["scores"] is None) for r in table.to_pylist())
+    expected = sorted([(_sha(urls[i]), f"{i:032x}", rows[i]["status"], False) for i in wanted]
+                      + [(_sha(urls[i]), f"{i:032x}", rows[i]["status"], True) for i in (7, 30)])
+    assert got == expected and written == len(expected)
+    # No key of the group among them: an empty file, still one its join can read.
+    assert write_previous_rows([str(tmp_path / "a")], pa.array([], pa.string()), str(share)) == 0
+    assert pq.read_table(share).num_rows == 0
+
+
+def test_url_keys_are_the_distinct_url_hashes_of_the_units(tmp_path):
+    urls = ["http://img.example/a.jpg", None, "", "http://img.example/b.jpg", "http://img.example/a.jpg"]
+    path = tmp_path / "d.parquet"
+    pq.write_table(laion_table(urls), path, row_group_size=2)
+    units = [ReadUnit(str(path), "d.parquet", "parquet", 0, 4, (0, 1)),
+             ReadUnit(str(path), "d.parquet", "parquet", 4, 1, (2,))]
+    from transforms.read import DatasetSpec
+
+    assert url_keys(units, DatasetSpec()).to_pylist() == sorted({_sha(urls[0]), _sha(urls[3])})
+    assert url_keys(units[1:], DatasetSpec()).to_pylist() == [_sha(urls[0])]
+
+
+def test_local_groups_reuse_by_their_share_even_an_empty_one(tmp_path):
+    """Fetch off, groups of 4 rows: the first group's share holds its 3 URLs an earlier
+    audit saw, the second's is empty; each row comes out once, reused exactly when seen."""
+    urls = [f"http://img.example/{i}.jpg" for i in range(8)]
+    pq.write_table(laion_table(urls), tmp_path / "d.parquet", row_group_size=4)
+    seen = []
+    for i in (0, 2, 3):
+        record = new_record(f"old:{i}", urls[i], "c")
+        record.update(url_sha256=_sha(urls[i]), status="ok", content_md5=f"{i:032x}")
+        seen.append(audit_row(record))
+    (tmp_path / "old" / "audit").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(seen, AUDIT_SCHEMA), tmp_path / "old" / "audit" / "p.parquet")
+    config = parse_config({
+        "dataset": {"input": str(tmp_path / "d.parquet"), "previous_audit": [str(tmp_path / "old")]},
+        "output": {"path": str(tmp_path / "out")}, "fetch": {"enabled": False},
+        "runner": {"name": "FnApiRunner", "local_group_rows": 4}})
+    run = run_audit(config)
+    assert run.summary["groups"] == 2 and run.summary["all_rows_accounted"]
+    rows = {r["row_id"]: r for r in audit_rows(tmp_path / "out")}
+    assert sorted(rows) == sorted(f"d.parquet:{i}" for i in range(8))
+    assert {k: (r["status"], r["content_md5"]) for k, r in rows.items()} == {
+        f"d.parquet:{i}": ("reused", f"{i:032x}") if i in (0, 2, 3) else ("not_fetched", None) for i in range(8)}
+    assert not glob.glob(f"{tmp_path}/out/report/groups/*.previous.parquet")
+
+
 # ------------------------------------------------------------------ end to end
 
 
@@ -244,11 +326,12 @@ def test_v2_fetches_only_new_urls_and_reuses_the_rest(server, v1, tmp_path):
     assert {r["content_md5"] for r in fresh} == {_md5(PHOTOS[f"p{i}.jpg"]) for i in range(N, N + NEW)}
 
     # Same inputs, same previous audit: the same rows again, also as one pipeline per
-    # few rows (a local run's groups each join against the whole previous audit).
+    # few rows (a local run's groups each join against their share of the previous audit).
     server.clear_requests()
     again = config_for(server, config.dataset.input[0], tmp_path / "again", [str(v1_out)], group_rows=4)
     assert run_audit(again).summary["all_rows_accounted"]
     assert requested(server) == sorted(f"/img/p{i}.jpg" for i in range(N, N + NEW))
+    assert not glob.glob(f"{tmp_path}/again/report/groups/*.previous.parquet")  # each group's share, removed
     stable = lambda rs: sorted((r["row_id"], r["status"], r["content_sha256"], r["error"]) for r in rs)  # noqa: E731
     assert stable(audit_rows(tmp_path / "again")) == stable(rows)
 

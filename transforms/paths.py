@@ -41,3 +41,19 @@ def join(prefix: str, name: str) -> str:
 
         return FileSystems.join(prefix, name)
     return posixpath.join(prefix, name)
+
+
+def list_folder(folder: str) -> list[tuple[str, str]]:
+    """(name below `folder`, full path) of what a folder holds, sorted by name; [] when
+    there is no such folder. Locally its entries, files and folders alike (not descended
+    into: removing a folder removes what it holds); in an object store, which has no
+    folders, every object under the prefix (a name may hold "/")."""
+    if is_remote(folder):
+        from apache_beam.io.filesystems import FileSystems
+
+        folder = folder.rstrip("/")
+        found = FileSystems.match([folder + "/**"])[0].metadata_list
+        return sorted((m.path[len(folder) + 1:], m.path) for m in found)
+    if not os.path.isdir(folder):
+        return []
+    return sorted((name, os.path.join(folder, name)) for name in os.listdir(folder))

@@ -114,6 +114,14 @@ EMBEDDING_SCHEMA = pa.schema([("row_id", pa.string()), ("embedding", pa.list_(pa
 PUBLISHED_SCHEMA = pa.schema([("url_sha256", pa.string()), ("row_key", pa.string())])
 
 
+def conform_table(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` as `schema`: its columns in that order and type, a missing one all null.
+    Audits written before a column was added still read (rematch, previous_audit)."""
+    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names
+               else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def new_record(row_id: str, url, caption, row_key: str | None = None) -> dict:
     """A fresh audit row with every contract column present (unknowns as None)."""
     record = dict.fromkeys(AUDIT_COLUMNS)

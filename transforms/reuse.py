@@ -28,24 +28,26 @@ from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms import paths
 from transforms.fetch_settings import FetchSettings, parse_duration
-from transforms.records import STATUSES
+from transforms.records import AUDIT_SCHEMA, STATUSES, conform_table
 
 # Read from the previous audit (projection): the key, what a reused row carries, and
 # status + error for its original status. Order is the candidate tuple's order.
 PREVIOUS_COLUMNS = (
     "url_sha256", "status", "error", "audited_at", "http_status", "opt_out",
     "content_md5", "content_sha256", "bytes", "mime", "width", "height",
-    "phash", "pdq", "pdq_quality", "scores", "labels", "model",
+    "phash", "pdq", "pdq_quality", "scores", "labels", "model", "robots_txt", "opt_out_headers",
 )
 _INDEX = {name: i for i, name in enumerate(PREVIOUS_COLUMNS)}
 # Carried onto the reused row as they are (status and error are worked out).
 CARRIED = ("audited_at", "http_status", "opt_out", "content_md5", "content_sha256", "bytes",
-           "mime", "width", "height", "phash", "pdq", "pdq_quality")
+           "mime", "width", "height", "phash", "pdq", "pdq_quality", "robots_txt", "opt_out_headers")
 SCORE_COLUMNS = ("scores", "labels", "model")
 # An original status with nothing to carry: such a row is always fetched again.
 NEVER_REUSED = frozenset({"not_fetched", "invalid_url"})
@@ -167,6 +169,7 @@ def reuse_record(record: dict, candidate: tuple, carry_scores: bool) -> dict:
     if out["audited_at"] is not None:
         out["audited_at"] = _EPOCH + _dt.timedelta(microseconds=out["audited_at"])
     out["opt_out"] = list(out["opt_out"] or [])
+    out["opt_out_headers"] = list(out["opt_out_headers"] or [])
     out["status"] = "reused"
     out["error"] = reused_error(candidate[_INDEX["status"]], candidate[_INDEX["error"]])
     if carry_scores:
@@ -183,6 +186,76 @@ def reuse_counts(status_counts: dict) -> dict:
     skipped = sum(status_counts.get(s, 0) for s in ("reused", "invalid_url", "not_fetched"))
     return {"rows_reused": status_counts.get("reused", 0),
             "rows_fetched": sum(status_counts.values()) - skipped}
+
+
+# ------------------------------------------------------------------ a local run's group
+
+
+def url_keys(units: Iterable, spec) -> pa.Array:
+    """The distinct url_sha256 of the rows of read units (transforms.read.ReadUnit): the
+    keys a local run's group can join on. Read column-wise, the URL column only."""
+    from transforms.read import DatasetSpec, read_unit_columns
+    from transforms.urls import url_sha256_of
+
+    spec = DatasetSpec(spec.url_col, spec.caption_col, read_batch_rows=spec.read_batch_rows)
+    keys: set[str] = set()
+    for unit in units:
+        for _, block in read_unit_columns(unit, spec):
+            keys.update(url_sha256_of(u) for u in block[spec.url_col] if isinstance(u, str) and u.strip())
+    return pa.array(sorted(keys), pa.string())
+
+
+# The columns a group's share of a previous audit is written with, whatever the audit.
+PREVIOUS_SCHEMA = pa.schema([AUDIT_SCHEMA.field(name) for name in PREVIOUS_COLUMNS])
+
+
+def previous_files(previous: Iterable[str]) -> list[str]:
+    """The parquet files of earlier audits' output paths (as `previous_patterns`)."""
+    found: dict[str, None] = {}
+    for pattern in previous_patterns(previous):
+        for match in FileSystems.match([pattern])[0].metadata_list:
+            found[match.path] = None
+    return sorted(found)
+
+
+def previous_rows_of(files: Iterable[str], keys: pa.Array) -> Iterator[pa.Table]:
+    """The rows of previous audit files whose url_sha256 is among `keys` (PREVIOUS_SCHEMA).
+
+    Row group by row group: the url_sha256 column is read and tested (`is_in`, one hash
+    lookup per row); the other carried columns are read only for row groups with a hit.
+    Memory is one row group's key column plus the hits."""
+    if not len(keys):
+        return
+    lookup = pc.SetLookupOptions(keys)
+    for path in files:
+        with FileSystems.open(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            names = set(parquet.schema_arrow.names)
+            if "url_sha256" not in names:
+                continue
+            wanted = [c for c in PREVIOUS_COLUMNS if c in names]
+            for index in range(parquet.metadata.num_row_groups):
+                found = pc.is_in(parquet.read_row_group(index, columns=["url_sha256"]).column(0),
+                                 options=lookup)
+                hits = pc.sum(found).as_py() or 0
+                if not hits:
+                    continue
+                table = parquet.read_row_group(index, columns=wanted).filter(found)
+                yield conform_table(table, PREVIOUS_SCHEMA)
+
+
+def write_previous_rows(previous: Iterable[str], keys: pa.Array, path: str) -> int:
+    """Write to `path` (one parquet file, PREVIOUS_SCHEMA) the rows of the previous
+    audits `previous` whose url_sha256 is among `keys`; return how many. A file with no
+    rows is still written: the group's join reads it."""
+    files = previous_files(previous)
+    rows = 0
+    with FileSystems.create(path) as handle:
+        with pq.ParquetWriter(handle, PREVIOUS_SCHEMA) as writer:
+            for table in previous_rows_of(files, keys):
+                writer.write_table(table)
+                rows += table.num_rows
+    return rows
 
 
 # ------------------------------------------------------------------ Beam
@@ -251,11 +324,14 @@ class ReuseAudited(beam.PTransform):
         self._carry = carry_scores
 
     @classmethod
-    def from_config(cls, config, **kwargs) -> ReuseAudited:
+    def from_config(cls, config, previous: list[str] | None = None, **kwargs) -> ReuseAudited:
         """From an audit config: dataset.previous_audit, the fetch section, the output path;
-        scores carried when the run embeds images itself."""
+        scores carried when the run embeds images itself. `previous`: read these files
+        instead (a local run's group: its share of the previous audit, which
+        `write_previous_rows` put under the run's own output path)."""
         embedding = config.embedding
-        return cls(config.dataset.previous_audit, config.fetch, output_path=config.output.path,
+        return cls(previous or config.dataset.previous_audit, config.fetch,
+                   output_path=None if previous else config.output.path,
                    carry_scores=embedding.enabled and not embedding.precomputed, **kwargs)
 
     def expand(self, records):
