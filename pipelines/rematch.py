@@ -43,7 +43,7 @@ from pipelines.manifest import (
 from transforms.outputs import WriteOutputs
 from transforms.paths import absolute, is_remote, local_only
 from transforms.read import DatasetSpec, match_inputs
-from transforms.records import AUDIT_SCHEMA
+from transforms.records import AUDIT_SCHEMA, conform_table
 from transforms.policy import Policy, compile_policies, decide
 from transforms.takedown import IndexSpec, TakedownIndex, Thresholds, kind_of, load_lists
 from transforms.write import output_dir, read_json, summary_path
@@ -56,14 +56,19 @@ def rematch_table(table: pa.Table, index: TakedownIndex,
     """The audit rows of `table` with `matches` recomputed for the index's lists, and
     `action` / `reasons` decided again, with the audit's own policies, for every row
     whose takedown matches were or are now non-empty (no other row can change)."""
-    table = table.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA)
+    table = conform_table(table, AUDIT_SCHEMA)
     columns = {name: table.column(name) for name in index.columns if name in table.column_names}
-    matches = index.match_columns(columns, rows=table.num_rows)
+    hit_rows, hit_matches = index.match_hits(columns, rows=table.num_rows)
     had = pc.fill_null(pc.greater(pc.list_value_length(table.column("matches")), 0), False)
-    has = np.fromiter((bool(m) for m in matches), dtype=bool, count=table.num_rows)
-    changed = np.flatnonzero(has | had.to_numpy(zero_copy_only=False))
+    counts = np.zeros(table.num_rows, dtype=np.int32)
+    counts[hit_rows] = [len(m) for m in hit_matches]
+    changed = np.flatnonzero((counts > 0) | had.to_numpy(zero_copy_only=False))
+    # The new matches column from its offsets: no Python work for the rows without a hit.
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts, dtype=np.int32)]), pa.int32())
+    values = pa.array([m for ms in hit_matches for m in ms], type=MATCHES_TYPE.value_type)
     table = table.set_column(
-        table.schema.get_field_index("matches"), "matches", pa.array(matches, type=MATCHES_TYPE)
+        table.schema.get_field_index("matches"), "matches",
+        pa.ListArray.from_arrays(offsets, values, type=MATCHES_TYPE),
     )
     if changed.size == 0:
         return table
@@ -189,6 +194,10 @@ def build_rematch(pipeline: beam.Pipeline, plan: RematchPlan) -> None:
 
 
 def run_rematch(plan: RematchPlan, runner: RunnerConfig | None = None) -> dict:
+    from pipelines.report import audit_thresholds, finish_report
+
     result, wall_s = run_pipeline(runner or RunnerConfig(), lambda p: build_rematch(p, plan), plan.out_dir,
                                   lambda: rematch_manifest(plan))
-    return finish_summary(result, plan.out_dir, wall_s)
+    summary = finish_summary(result, plan.out_dir, wall_s)
+    # report/index.html, with the thresholds the audit scored with
+    return finish_report(plan.out_dir, summary, audit_thresholds(plan.audit_dir))

@@ -51,6 +51,43 @@ def test_rematch_table_decides_changed_rows_again_with_the_audit_policies():
     assert [{k: r[k] for k in unchanged} for r in out] == [{k: r[k] for k in unchanged} for r in table.to_pylist()]
 
 
+
+def test_rematch_reads_an_audit_written_before_the_evidence_columns():
+    """An audit from an older version lacks robots_txt / opt_out_headers: it still
+    rematches, the missing columns come out null and every other column is kept."""
+    index = TakedownIndex([TakedownEntry("new", "e1", "pdq", PDQ)])
+    full = pa.Table.from_pylist(_rows(), schema=AUDIT_SCHEMA)
+    old = full.drop_columns(["robots_txt", "opt_out_headers"])
+    out = rematch_table(old, index)
+    assert out.schema == AUDIT_SCHEMA
+    assert out.column("robots_txt").null_count == out.num_rows
+    assert out.column("action").to_pylist() == rematch_table(full, index).column("action").to_pylist()
+
+def test_rematch_matches_column_equals_the_per_row_matches():
+    import numpy as np
+
+    from pipelines.rematch import MATCHES_TYPE
+
+    rng = np.random.default_rng(4)
+    codes = [rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex() for _ in range(50)]
+    entries = [TakedownEntry("a", f"p{i}", "pdq", c) for i, c in enumerate(codes)]
+    entries += [TakedownEntry("b", "twin", "pdq", codes[3]), TakedownEntry("b", "m", "md5", "ab" * 16)]
+    index = TakedownIndex(entries)
+    rows = []
+    for i in range(400):
+        record = new_record(f"p:{i}", f"http://e.com/{i}", "c")
+        pdq = codes[i % 50] if i % 7 == 0 else rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex()
+        record.update(status="ok", pdq=pdq, pdq_quality=90, content_md5="ab" * 16 if i % 11 == 0 else None)
+        rows.append(audit_row(record))
+    table = pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA)
+    expected = index.match_columns({"pdq": [r["pdq"] for r in rows], "pdq_quality": [90] * len(rows),
+                                    "content_md5": [r["content_md5"] for r in rows]})
+    got = rematch_table(table, index).column("matches")
+    assert got.type == MATCHES_TYPE and got.null_count == 0
+    assert got.to_pylist() == pa.array(expected, type=MATCHES_TYPE).to_pylist()
+    assert sum(1 for m in expected if m) >= 85 and any(len(m) >= 2 for m in expected)
+
+
 def _summary_rows() -> list[dict]:
     """_rows() plus what the summary must also count: caption flags, a row matched twice
     by one list and once by another, and a row with no status, action or bytes."""

@@ -156,6 +156,20 @@ class TakedownIndex:
         absent columns and None / malformed cells are skipped for their kind. One search
         per kind per call.
         """
+        rows, hit_rows, hit_matches = self._match(columns, rows)
+        out: list[list[dict]] = [[] for _ in range(rows)]
+        for row, matches in zip(hit_rows.tolist(), hit_matches):
+            out[row] = matches
+        return out
+
+    def match_hits(self, columns: Mapping[str, Any], rows: int | None = None) -> tuple[np.ndarray, list[list[dict]]]:
+        """``match_columns`` for the rows that match only: (their batch rows, ascending;
+        each one's matches). What a caller building a column of millions of mostly empty
+        rows wants (``rematch``)."""
+        _, hit_rows, hit_matches = self._match(columns, rows)
+        return hit_rows, hit_matches
+
+    def _match(self, columns: Mapping[str, Any], rows: int | None) -> tuple[int, np.ndarray, list[list[dict]]]:
         data = {name: _column_list(values) for name, values in columns.items() if values is not None}
         lengths = {len(values) for values in data.values()}
         if rows is None:
@@ -164,18 +178,18 @@ class TakedownIndex:
             rows = lengths.pop() if lengths else 0
         elif lengths - {rows}:
             raise ValueError(f"columns must all have {rows} rows, got {sorted(lengths)}")
-        if not rows or not self._entries:
-            return [[] for _ in range(rows)]
-        hits: list[list[tuple[int, float]]] = [[] for _ in range(rows)]
-        for name in self.kinds:
-            kind, index, entries = self._parts[name]
-            found_rows, found_entries, distances = index.query(kind.rows(data, rows))
-            if not len(found_rows):
-                continue
-            for q, e, d in zip(np.asarray(found_rows).tolist(), entries[found_entries].tolist(),
-                               np.asarray(distances, dtype=np.float64).tolist()):
-                hits[q].append((e, d))
-        return [self._as_matches(row_hits) for row_hits in hits]
+        hits: dict[int, list[tuple[int, float]]] = {}
+        if rows and self._entries:
+            for name in self.kinds:
+                kind, index, entries = self._parts[name]
+                found_rows, found_entries, distances = index.query(kind.rows(data, rows))
+                if not len(found_rows):
+                    continue
+                for q, e, d in zip(np.asarray(found_rows).tolist(), entries[found_entries].tolist(),
+                                   np.asarray(distances, dtype=np.float64).tolist()):
+                    hits.setdefault(q, []).append((e, d))
+        order = sorted(hits)
+        return rows, np.asarray(order, dtype=np.int64), [self._as_matches(hits[q]) for q in order]
 
     def _as_matches(self, row_hits: list[tuple[int, float]]) -> list[dict]:
         if not row_hits:
