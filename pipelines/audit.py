@@ -143,7 +143,9 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan | 
 
         # Rows an earlier audit fetched skip Fetch .. Classify (scores carried) and rejoin
         # below: before Classify with published embeddings, else before FlagCaptions.
-        records, reused = records | "ReusePrevious" >> ReuseAudited.from_config(config)
+        # A local run's group joins only its share of the previous audit (local_driver).
+        share = [group.previous] if group is not None and group.previous else None
+        records, reused = records | "ReusePrevious" >> ReuseAudited.from_config(config, previous=share)
     if config.fetch.enabled:
         records = (
             records
@@ -178,6 +180,10 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan | 
     records = records | "Decide" >> DecideAction(
         config.policy.remove_if, config.policy.review_if, names
     )
+    from pipelines.progress import CountProgress, active_folder
+
+    if group is not None and active_folder() is not None:  # a local run's live progress line
+        records | "Progress" >> beam.ParDo(CountProgress(active_folder()))
 
     if config.output.write_embeddings:
         records | "WriteEmbeddings" >> WriteEmbeddings(out, prefix=group.prefix if group else "")
@@ -271,10 +277,13 @@ def account(summary: dict, rows_in: int, rows_audited: int, wall_s: float) -> di
     return summary
 
 
-def run_audit(config: AuditConfig, fresh: bool = False) -> AuditRun:
+def run_audit(config: AuditConfig, fresh: bool = False, progress=None) -> AuditRun:
     """Build, run and check an audit. On a local runner the run is driven group by group
-    (pipelines/local_driver.py: bounded memory, resumable; `fresh` starts over); on any
-    other runner it is one pipeline, and always starts over."""
+    (pipelines/local_driver.py: bounded memory, resumable; `fresh` starts over; `progress`
+    draws its progress line); on any other runner it is one pipeline, and always starts
+    over. report/index.html is written at the end (pipelines/report.py)."""
+    from pipelines.report import category_thresholds, finish_report
+
     try:
         plan = plan_audit(config)
     except ValueError as err:  # e.g. a categories file the policies cannot be checked against
@@ -282,9 +291,10 @@ def run_audit(config: AuditConfig, fresh: bool = False) -> AuditRun:
     from pipelines import local_driver
 
     if local_driver.drives(config):
-        summary, wall_s = local_driver.run_local_audit(config, plan, fresh=fresh)
-        return AuditRun(summary, summary["metrics"]["rows_in"], summary["metrics"]["rows_audited"], wall_s)
-    result, wall_s = run_pipeline(config.runner, lambda p: build_audit(p, config, plan), config.output.path,
-                                  lambda: audit_manifest(config, plan))
-    summary = finish_summary(result, config.output.path, wall_s)
+        summary, wall_s = local_driver.run_local_audit(config, plan, fresh=fresh, progress=progress)
+    else:
+        result, wall_s = run_pipeline(config.runner, lambda p: build_audit(p, config, plan), config.output.path,
+                                      lambda: audit_manifest(config, plan))
+        summary = finish_summary(result, config.output.path, wall_s)
+    summary = finish_report(config.output.path, summary, category_thresholds(config))
     return AuditRun(summary, summary["metrics"]["rows_in"], summary["metrics"]["rows_audited"], wall_s)

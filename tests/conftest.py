@@ -1,6 +1,7 @@
 """Shared fixtures: a local Beam runner helper and small LAION-style datasets."""
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 
@@ -82,6 +83,22 @@ def _refuse_connections(event: str, args: tuple) -> None:
 
 
 sys.addaudithook(_refuse_connections)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_log_folder(tmp_path_factory):
+    """laion-audit's logs (pipelines/cli.py log_path) go to this session's own folder,
+    not the shared <tmp>/laion-audit; subprocesses inherit it."""
+    folder = tmp_path_factory.mktemp("laion-audit-logs")
+    before = os.environ.get("LAION_AUDIT_LOG_DIR")
+    os.environ["LAION_AUDIT_LOG_DIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if before is None:
+            os.environ.pop("LAION_AUDIT_LOG_DIR", None)
+        else:
+            os.environ["LAION_AUDIT_LOG_DIR"] = before
 
 
 @pytest.fixture

@@ -15,15 +15,19 @@ with its bytes' own hashes (transforms.hashing.hash_record).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import gzip
 import io
 import json
 import posixpath
 import re
+import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, TextIO
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -41,6 +45,29 @@ _HEX = {32: re.compile(r"[0-9a-f]{32}"), 64: re.compile(r"[0-9a-f]{64}")}
 
 class DatasetError(ValueError):
     """The dataset cannot be read as configured (missing column, unknown format...)."""
+
+
+@contextlib.contextmanager
+def naming_file(path: str, fmt: str):
+    """Turn what a broken file raises while read (a truncated parquet, bytes that are not
+    UTF-8, a bad gzip stream, a malformed CSV quote) into one DatasetError line that
+    names the file, whoever reads it: the launch-time check or a worker."""
+    try:
+        yield
+    except DatasetError:
+        raise
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text ({err.reason}, byte 0x{err.object[err.start]:02x}); "
+                           "save the file as UTF-8") from None
+    except pa.ArrowException as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DatasetError(f"{path}: not a readable {fmt} file ({first})") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise DatasetError(f"{path}: cannot be decompressed ({err or type(err).__name__})") from None
+    except csv.Error as err:
+        raise DatasetError(f"{path}: not readable as {fmt} ({err})") from None
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
 @dataclass(frozen=True)
@@ -110,7 +137,7 @@ def plan_units(path: str, source: str, fmt: str, batch_rows: int) -> list[ReadUn
     """Split a parquet file into row-group ranges of about `batch_rows` rows each."""
     if fmt != "parquet":
         return [ReadUnit(path, source, fmt)]
-    with FileSystems.open(path) as handle:
+    with naming_file(path, fmt), FileSystems.open(path) as handle:
         meta = pq.ParquetFile(handle).metadata
     units, groups, start, rows = [], [], 0, 0
     for index in range(meta.num_row_groups):
@@ -215,7 +242,7 @@ def jsonl_rows(text: TextIO, path: str, url_col: str) -> Iterator[tuple[str, dic
 def read_unit_columns(unit: ReadUnit, spec: DatasetSpec) -> Iterator[tuple[int, dict[str, list]]]:
     """Yield (first row position, {column: values}) blocks of the projected columns."""
     if unit.format == "parquet":
-        with FileSystems.open(unit.path) as handle:
+        with naming_file(unit.path, unit.format), FileSystems.open(unit.path) as handle:
             parquet = pq.ParquetFile(handle)
             columns = projected_columns(parquet.schema_arrow.names, spec, unit.path)
             position = unit.start
@@ -241,7 +268,7 @@ def read_unit_columns(unit: ReadUnit, spec: DatasetSpec) -> Iterator[tuple[int, 
 
 
 def _read_text_rows(unit: ReadUnit, spec: DatasetSpec) -> Iterator[dict]:
-    with FileSystems.open(unit.path) as handle:
+    with naming_file(unit.path, unit.format), FileSystems.open(unit.path) as handle:
         text = open_text(handle)
         if unit.format in ("csv", "tsv"):
             rows = csv_rows(text, unit.format)
@@ -260,7 +287,7 @@ def _read_text_rows(unit: ReadUnit, spec: DatasetSpec) -> Iterator[dict]:
 def _available_columns(path: str, fmt: str) -> tuple[list[str], str] | None:
     """The column names a file offers and what to call them in errors; None when it has
     none to check (an empty text file, a JSONL without object rows)."""
-    with FileSystems.open(path) as handle:
+    with naming_file(path, fmt), FileSystems.open(path) as handle:
         if fmt == "parquet":
             return pq.ParquetFile(handle).schema_arrow.names, "columns"
         text = open_text(handle)

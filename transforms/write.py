@@ -1,5 +1,6 @@
 """Write stage: the writers of audit/, review/, removals/, published/, embeddings/ and
-the run summary (report/summary.json), and the summary's counts.
+the run summary (report/summary.json), and the summary's counts (the report's own
+numbers are counted in transforms/report_counts.py).
 
 The writers take Arrow tables of audit rows (AUDIT_SCHEMA), the audit's and rematch's
 alike; transforms/outputs.py wires them into the one output tail. Everything goes
@@ -22,6 +23,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import paths
+from transforms.report_counts import (  # the report's numbers, summed like the counts
+    ReportCountsFn,
+    add_tallies,
+    bound_report,
+    shown_report,
+)
 from transforms.row_status import StatusCounters
 from transforms.records import (
     AUDIT_SCHEMA,
@@ -53,9 +60,9 @@ def clear_outputs(output_path: str) -> None:
     for name in OUTPUT_DIRS:
         folder = output_dir(output_path, name)
         if paths.is_remote(folder):
-            found = FileSystems.match([folder + "/**"])[0].metadata_list
+            found = [path for _, path in paths.list_folder(folder)]
             if found:
-                FileSystems.delete([m.path for m in found])
+                FileSystems.delete(found)
         elif os.path.isdir(folder):
             shutil.rmtree(folder)
 
@@ -311,15 +318,22 @@ class WriteSummary(beam.PTransform):
     def __init__(self, output_path: str, extra: dict | None = None, path: str | None = None):
         super().__init__()
         self._path = path or summary_path(output_path)
+        self._part = path is not None
         self._extra = extra or {}
 
     def expand(self, pcolls):
         tables, rows_in = pcolls
         counts = tables | "Count" >> beam.CombineGlobally(SummaryFn())
+        report = tables | "ReportCounts" >> beam.CombineGlobally(ReportCountsFn())
         path, extra = self._path, self._extra
+        # A part of a run (a group's file) keeps HOSTS_KEPT hosts, to be summed; the run's
+        # own summary.json only the hosts the report may name.
+        bound = bound_report if self._part else shown_report
         return counts | "Write" >> beam.Map(
-            lambda c, n: write_json(path, summary_payload(c, n, extra)) or path,
+            lambda c, n, r: write_json(path, summary_payload({**c, "report": bound(r)}, n, extra))
+            or path,
             beam.pvalue.AsSingleton(rows_in),
+            beam.pvalue.AsSingleton(report),
         )
 
 
@@ -334,15 +348,20 @@ SUMMED_TALLIES = ("status", "action", "labels", "caption_flags", "matched_lists"
 
 def sum_summaries(summaries: list[dict]) -> dict:
     """The counts of several summaries (parts of one run) added up: the numbers of
-    SUMMED_COUNTS and, key by key, the tallies of SUMMED_TALLIES."""
+    SUMMED_COUNTS, key by key the tallies of SUMMED_TALLIES, and the report's numbers
+    (`report`, bounded as the run's summary.json holds them)."""
     total: dict = {key: 0 for key in SUMMED_COUNTS}
     total.update({key: collections.Counter() for key in SUMMED_TALLIES})
+    report: dict = {}
     for summary in summaries:
         for key in SUMMED_COUNTS:
             total[key] += int(summary.get(key) or 0)
         for key in SUMMED_TALLIES:
             total[key].update(summary.get(key) or {})
-    return {key: dict(value) if isinstance(value, collections.Counter) else value for key, value in total.items()}
+        report = add_tallies(report, summary.get("report") or {})
+    total = {key: dict(value) if isinstance(value, collections.Counter) else value for key, value in total.items()}
+    total["report"] = shown_report(report)
+    return total
 
 
 PART_DIRS = ("audit", "removals", "published", "review", "embeddings")
@@ -354,21 +373,9 @@ def clear_parts(output_path: str, keep_prefixes: tuple[str, ...]) -> list[str]:
     run's parts. Returns what was removed."""
     removed = []
     for name in PART_DIRS:
-        folder = output_dir(output_path, name)
-        if paths.is_remote(folder):
-            found = FileSystems.match([folder + "/**"])[0].metadata_list
-            stale = [m.path for m in found if not m.path[len(folder) + 1:].startswith(keep_prefixes)]
-            if stale:
-                FileSystems.delete(stale)
-            removed += stale
-        elif os.path.isdir(folder):
-            for entry in sorted(os.listdir(folder)):
-                if keep_prefixes and entry.startswith(keep_prefixes):
-                    continue
-                full = os.path.join(folder, entry)
-                if os.path.isdir(full):
-                    shutil.rmtree(full)
-                else:
-                    os.remove(full)
-                removed.append(full)
+        stale = [path for entry, path in paths.list_folder(output_dir(output_path, name))
+                 if not (keep_prefixes and entry.startswith(keep_prefixes))]
+        if stale:
+            FileSystems.delete(stale)  # a local folder (Beam's temp) goes with what it holds
+        removed += stale
     return removed
