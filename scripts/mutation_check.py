@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 GUARD_TESTS = ("tests/test_netguard.py", "tests/test_fetch.py")
 FETCH_TESTS = ("tests/test_fetch.py",)
-HASH_TESTS = ("tests/test_hashing.py",)
+ROBOTS_TESTS = ("tests/test_robots.py",)
+HASH_TESTS = ("tests/test_hashing.py", "tests/test_hash_compat.py")
 MATCH_TESTS = ("tests/test_takedown.py",)
 DECIDE_TESTS = ("tests/test_policy.py", "tests/test_rematch.py")
-CAPTION_TESTS = ("tests/test_captions.py",)
+CAPTION_TESTS = ("tests/test_captions.py", "tests/test_caption_identifiers.py")
 ACCOUNTING_TESTS = ("tests/test_accounting.py",)
 TAKEDOWN_E2E = ("tests/test_takedown_e2e.py",)
 
@@ -65,39 +66,40 @@ MUTATIONS: tuple[Mutation, ...] = (
     M("guard/other-schemes-allowed", "transforms/netguard.py",
       "if scheme not in ALLOWED_SCHEMES:", 'if scheme not in ALLOWED_SCHEMES | {"ftp", "file"}:',
       GUARD_TESTS),
-    M("guard/redirect-hop-not-rechecked", "transforms/fetch.py",
+    M("guard/redirect-hop-not-rechecked", "transforms/fetch/client.py",
       "verdict = check_url(target, **guard)", "verdict = check_url(target, allow_private_networks=True)",
       FETCH_TESTS),
     # ---------------------------------------------------------------- fetch
-    M("fetch/retry-after-ignored", "transforms/fetch.py",
+    M("fetch/retry-after-ignored", "transforms/fetch/client.py",
       "delay = outcome.retry_after", "delay = backoff_delay(retries_used, settings)", FETCH_TESTS),
-    M("fetch/long-retry-after-slept-out", "transforms/fetch.py",
+    M("fetch/long-retry-after-slept-out", "transforms/fetch/client.py",
       "if outcome.retry_after > settings.backoff_max_s:", "if False:", FETCH_TESTS),
-    M("fetch/client-errors-retried", "transforms/fetch.py",
+    M("fetch/client-errors-retried", "transforms/fetch/client.py",
       "if status == 429 or status >= 500:", "if status == 429 or status >= 400:", FETCH_TESTS),
-    M("fetch/one-retry-too-many", "transforms/fetch.py",
+    M("fetch/one-retry-too-many", "transforms/fetch/client.py",
       "if retries_used >= settings.retries:", "if retries_used > settings.retries:", FETCH_TESTS),
-    M("fetch/body-cap-ignored-while-streaming", "transforms/fetch.py",
+    M("fetch/body-cap-ignored-while-streaming", "transforms/fetch/client.py",
       "if len(body) > settings.max_bytes:", "if len(body) > 64 * settings.max_bytes:", FETCH_TESTS),
-    M("fetch/noimageai-ignored", "transforms/fetch.py",
+    M("fetch/noimageai-ignored", "transforms/fetch/headers.py",
       r'_OPT_OUT_PATTERN = re.compile(r"(?<![\w-])(noai|noimageai)(?![\w-])"',
       r'_OPT_OUT_PATTERN = re.compile(r"(?<![\w-])(noai)(?![\w-])"', FETCH_TESTS),
     # ---------------------------------------------------------------- hashing
-    M("hash/phash-of-full-size-image", "transforms/hashing.py",
-      "return str(imagehash.phash(_hash_input(img)))", "return str(imagehash.phash(_to_rgb(img)))",
-      HASH_TESTS),
+    M("hash/phash-above-the-median-flipped", "transforms/hash_resample.py",
+      "phash = np.packbits((low > np.median(low)).reshape(-1)).tobytes().hex()",
+      "phash = np.packbits((low < np.median(low)).reshape(-1)).tobytes().hex()", HASH_TESTS),
     M("hash/pdq-hex-little-endian", "transforms/hashing.py",
       "packed = np.packbits(bits.astype(bool))", 'packed = np.packbits(bits.astype(bool), bitorder="little")',
       HASH_TESTS),
-    M("hash/copy-at-256-px", "transforms/hashing.py", "HASH_MAX_SIDE = 512", "HASH_MAX_SIDE = 256", HASH_TESTS),
+    M("hash/copy-at-256-px", "transforms/hash_resample.py", "HASH_MAX_SIDE = 512", "HASH_MAX_SIDE = 256", HASH_TESTS),
+    M("hash/plane-decoded-too-small", "transforms/hashing.py", "PLANE_MIN_SIDE = 256", "PLANE_MIN_SIDE = 24", HASH_TESTS),
     M("hash/pixel-cap-loosened", "transforms/hashing.py",
       "if stored_w * stored_h > max_pixels:", "if stored_w * stored_h > 4 * max_pixels:", HASH_TESTS),
     M("hash/exif-orientation-ignored", "transforms/hashing.py",
       "if orientation in _ORIENTATION_TRANSPOSES:", "if False:", HASH_TESTS),
     M("hash/sha256-of-other-bytes", "transforms/hashing.py",
       "hashlib.sha256(data).hexdigest()", "hashlib.sha256(data[1:]).hexdigest()", HASH_TESTS),
-    M("hash/pdq-quality-always-full", "transforms/hashing.py",
-      "return pdq_bits_to_hex(vector), int(quality)", "return pdq_bits_to_hex(vector), 100", HASH_TESTS),
+    M("hash/pdq-quality-always-full", "transforms/pdq.py",
+      "return min(total // 90, 100)", "return 100", HASH_TESTS),
     # ---------------------------------------------------------------- matching
     M("match/threshold-exclusive", "transforms/takedown/hamming.py",
       "keep = dist <= self._thresholds[ids]", "keep = dist < self._thresholds[ids]", MATCH_TESTS),
@@ -121,8 +123,8 @@ MUTATIONS: tuple[Mutation, ...] = (
       'pc.equal(table.column("action"), "remove")', 'pc.not_equal(table.column("action"), "keep")',
       ACCOUNTING_TESTS + TAKEDOWN_E2E),
     M("clean/removed-rows-kept", "transforms/clean.py",
-      "return lambda row_ids, urls: [row_id in removed for row_id in row_ids]",
-      "return lambda row_ids, urls: [False for row_id in row_ids]", ("tests/test_clean.py",) + TAKEDOWN_E2E),
+      "return np.fromiter((row_id in removed for row_id in ids), dtype=bool, count=len(ids))",
+      "return np.zeros(len(ids), dtype=bool)", ("tests/test_clean.py",) + TAKEDOWN_E2E),
     # ---------------------------------------------------------------- write + summary
     M("write/published-list-leaks-the-url", "transforms/records.py",
       'return {"url_sha256": record.get("url_sha256"), "row_key"',
@@ -145,16 +147,39 @@ MUTATIONS: tuple[Mutation, ...] = (
       'rows_in == counts["rows_audited"]', 'counts["rows_audited"] >= rows_in', ACCOUNTING_TESTS),
     M("cli/run-exits-0-whatever-the-counts", "pipelines/cli.py",
       'return 0 if run.summary["all_rows_accounted"] else 1', "return 0", ACCOUNTING_TESTS),
+    # ---------------------------------------------------------------- politeness
+    M("guard/metadata-open-with-private-networks", "transforms/netguard.py",
+      "    if allow_private_networks:\n        return metadata_reason(literal)",
+      "    if allow_private_networks:\n        return None", GUARD_TESTS),
+    M("robots/disallow-ignored", "transforms/fetch/client.py",
+      "if verdict == DISALLOWED:", "if False:", ROBOTS_TESTS),
+    M("robots/unreachable-means-allow", "transforms/fetch/robots.py",
+      "if status == 429 or status >= 500:", "if False:", ROBOTS_TESTS),
+    M("optout/tdm-reservation-ignored", "transforms/fetch/headers.py",
+      'return any(value.strip() == "1" for value in values)', "return False", FETCH_TESTS),
+    M("pace/429-does-not-slow-the-host", "transforms/fetch/host_limits.py",
+      "slower = max(MIN_RPS, current / 2)", "slower = current", ("tests/test_host_limits.py",)),
+    # ---------------------------------------------------------------- resume
+    M("resume/edited-inputs-not-noticed", "pipelines/local_driver.py",
+      'if identities is not None and recorded.get("inputs") != _inputs_of(group, identities):',
+      "if False:", ("tests/test_resume.py::test_a_file_edited_in_place_is_audited_again",)),
     # ---------------------------------------------------------------- caption identifiers
-    M("captions/cpf-second-check-digit-only", "transforms/captions.py",
-      "for size in (9, 10):", "for size in (10,):", CAPTION_TESTS),
-    M("captions/cpf-first-check-digit-only", "transforms/captions.py",
-      "for size in (9, 10):", "for size in (9,):", CAPTION_TESTS),
-    M("captions/dni-letter-unchecked", "transforms/captions.py",
-      "return _DNI_LETTERS[number % 23] == letter.upper()", "return letter.upper() in _DNI_LETTERS",
+    M("captions/cpf-unchecked", "transforms/captions/identifiers.py",
+      '"cpf": ("national_id", cpf.is_valid, NON_DIGITS, 0),', '"cpf": ("national_id", _always, NON_DIGITS, 0),',
       CAPTION_TESTS),
-    M("captions/insee-key-unchecked", "transforms/captions.py",
-      "return 97 - int(body) % 97 == int(key)", "return 1 <= int(key) <= 97", CAPTION_TESTS),
+    M("captions/advertised-ssn-accepted", "transforms/captions/identifiers.py",
+      '"ssn": ("national_id", ssn.is_valid, NON_DIGITS, 0),', '"ssn": ("national_id", _always, NON_DIGITS, 0),',
+      CAPTION_TESTS),
+    M("captions/iban-unchecked", "transforms/captions/identifiers.py",
+      '"iban": ("iban", _iban_valid, _KEEP_AS_WRITTEN, 2),', '"iban": ("iban", _always, _KEEP_AS_WRITTEN, 2),',
+      CAPTION_TESTS),
+    M("captions/card-luhn-unchecked", "transforms/captions/identifiers.py",
+      "return luhn.is_valid(digits)", "return True", CAPTION_TESTS),
+    M("captions/card-issuer-ranges-unchecked", "transforms/captions/identifiers.py",
+      "if low <= int(digits[:width]) <= high and len(digits) in lengths:",
+      "if len(digits) in lengths:", CAPTION_TESTS),
+    M("captions/repeated-digits-accepted", "transforms/captions/identifiers.py",
+      "return len(set(candidate)) > 1 and valid(candidate)", "return valid(candidate)", CAPTION_TESTS),
 )
 
 
