@@ -37,7 +37,7 @@ class HostileServer:
       /img/{name}              bytes registered with `add_image` (404 when unknown)
       /404, /500               that status
       /flaky/{key}             500 on the first request per key, then a PNG
-      /429/{key}?after=S       429 with ``Retry-After: S`` (default 1) first, then a PNG
+      /429/{key}?after=S      /429/{key}?after=S       429 with ``Retry-After: S`` (default 1) first, then a PNGstatus=C  C (default 429) with ``Retry-After: S`` (default 1) first, then a PNG
       /hang                    never answers (until the server stops, at most 120 s)
       /redirect-loop           302 to itself
       /redirect-private        302 to http://10.0.0.1/x
@@ -285,7 +285,8 @@ class HostileServer:
     async def _throttled(self, request: web.Request) -> web.Response:
         if self._first_time("429:" + request.match_info["key"]):
             after = request.query.get("after", "1")
-            return web.Response(status=429, text="slow down", headers={"Retry-After": after})
+            status = int(request.query.get("status", "429"))
+            return web.Response(status=status, text="slow down", headers={"Retry-After": after})
         return web.Response(body=self._png, content_type="image/png")
 
     async def _hang(self, request: web.Request) -> web.Response:

@@ -213,6 +213,18 @@ def test_throttling_honours_retry_after(server: HostileServer) -> None:
     assert second - first >= after
 
 
+
+def test_retry_after_on_a_server_error_is_honoured_too(server: HostileServer) -> None:
+    """A 502 is not a slow-down status (its host keeps its pace), but its Retry-After
+    still sets this row's wait before the retry."""
+    key = unique("throttled")
+    after = 1
+    settings = replace(LOCAL, backoff_base_s=0.01, backoff_max_s=5)
+    result = fetch(server, f"/429/{key}?after={after}&status=502", settings)
+    assert (result.status, result.attempts) == ("ok", 2)
+    first, second = server.arrival_times(f"/429/{key}")
+    assert second - first >= after
+
 def test_retry_after_beyond_backoff_max_gives_up_instead_of_sleeping(
     server: HostileServer,
 ) -> None:
