@@ -99,6 +99,8 @@ def _cases() -> dict[str, bytes]:
     cases["jpeg cmyk"] = encode(base.convert("CMYK"), "JPEG", quality=90)
     cases["png rgb 900x600"] = encode(base, "PNG")
     cases["png rgb 300x200"] = encode(photo(9, 300, 200), "PNG")
+    # Wider than the operators' limit: box-copied by Pillow first, as the reference does.
+    cases["png rgb 2600x1700"] = encode(photo(17, 2600, 1700), "PNG")
     cases["png palette"] = encode(base.quantize(256), "PNG")
     cases["png grey 16-bit"] = encode(Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257)), "PNG")
     cases["png transparent"] = transparent_png(10)

@@ -5,6 +5,7 @@ import hashlib
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import imagehash
 import numpy as np
@@ -566,3 +567,31 @@ def test_hash_images_transform_counts_statuses(original_jpeg):
         if c.key.metric.namespace == "hash"
     }
     assert counters == {"status_ok": 1, "status_not_image": 1, "status_timeout": 1}
+
+
+def test_a_thin_image_under_the_pixel_cap_is_hashed_in_bounded_memory(tmp_path):
+    """A 2,000,000 x 1 PNG is a few KB and under the pixel cap; hashing it must not build
+    per-sample operators (gigabytes). Measured in a fresh interpreter: its peak RSS."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "thin.png"
+    Image.new("L", (2_000_000, 1), 128).save(path)
+    code = textwrap.dedent(f"""
+        import resource
+        from transforms.hashing import hash_record
+        from transforms.records import new_record
+        record = new_record("r", "http://h/x", "c")
+        record.update(status="ok", _body=open({str(path)!r}, "rb").read())
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out = hash_record(record)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(out["status"], out["width"], out["height"], (after - before) // 1024)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    status, width, height, grown_mib = done.stdout.split()
+    assert (status, width, height) == ("ok", "2000000", "1")
+    assert int(grown_mib) < 300  # the per-sample operators took about 3 GB

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from PIL import Image
 
 from transforms.pdq import (
     MIN_HASHABLE_DIM,
@@ -37,6 +38,9 @@ from transforms.pdq import (
 
 HASH_MAX_SIDE = 512
 _PDQ_SIDE = 64
+# A plane side beyond this is box-copied by Pillow first: an operator is 96 floats per
+# sample of its axis, so a 2,000,000 x 1 PNG (under the pixel cap) would need gigabytes.
+OPERATOR_MAX_SIDE = 4 * HASH_MAX_SIDE
 _PHASH_SIDE = 32  # imagehash's hash_size (8) * highfreq_factor (4)
 _PHASH_BITS_SIDE = 8
 _SCALES = (8, 4, 2, 1)
@@ -118,12 +122,12 @@ def _to_decoded_grid(rows: np.ndarray, n_full: int, scale: int) -> np.ndarray:
     return out
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
 def axis_operator(n_full: int, n_copy: int, scale: int) -> np.ndarray:
     """96 x ceil(n_full / scale) float32 for one axis of full length ``n_full`` whose box
     copy has ``n_copy`` samples: rows 0..63 give PDQ's 64 samples, rows 64..95 pHash's
-    32, from the samples of a 1/scale decode. Read-only; cached, 256 entries of at most
-    96 x 512 floats each for audit planes (about 50 MB at worst, a few MB typically)."""
+    32, from the samples of a 1/scale decode. Read-only; cached, 64 entries of at most
+    96 x OPERATOR_MAX_SIDE floats each (about 50 MB at worst, a few MB typically)."""
     pdq = jarosz_rows(n_copy)
     phash = _pillow_weights(n_copy, _PHASH_SIDE, 3.0, _lanczos_kernel)
     rows = _box_copy_then(np.vstack([pdq, phash]), n_full, n_copy)
@@ -151,6 +155,12 @@ def perceptual_hashes(plane: np.ndarray, full_width: int, full_height: int) -> t
     rows, cols = plane.shape
     limit_blas_threads()
     copy_w, copy_h = copy_size(full_width, full_height)
+    if max(rows, cols) > OPERATOR_MAX_SIDE:
+        # The reference's own path: the box copy made by Pillow (memory in proportion to
+        # the pixels), then hashed as a full-size image of the copy's size.
+        pixels = np.clip(np.rint(plane), 0, 255).astype(np.uint8) if plane.dtype != np.uint8 else plane
+        copy = np.asarray(Image.fromarray(pixels, "L").resize((copy_w, copy_h), Image.Resampling.BOX))
+        return perceptual_hashes(copy, copy_w, copy_h)
     op_w = axis_operator(full_width, copy_w, decode_scale(full_width, cols))
     op_h = axis_operator(full_height, copy_h, decode_scale(full_height, rows))
     if op_w.shape[1] != cols or op_h.shape[1] != rows:
