@@ -37,6 +37,15 @@ def test_clean_by_url_hash_matches_normalised_urls(tmp_path):
     assert pq.read_table(out).column("URL").to_pylist() == ["http://e.com/b.jpg", None]
 
 
+
+def test_a_list_published_in_uppercase_hex_still_removes(tmp_path):
+    src = tmp_path / "p.parquet"
+    pq.write_table(laion_table(["http://e.com/a.jpg", "http://e.com/b.jpg"]), src)
+    out = tmp_path / "c.parquet"
+    upper = url_sha256_of("http://e.com/a.jpg").upper()
+    assert clean_file(str(src), "p.parquet", str(out), DatasetSpec(), drop_by_url_sha256({upper})) == (1, 1)
+    assert pq.read_table(out).column("URL").to_pylist() == ["http://e.com/b.jpg"]
+
 def test_id_column_row_ids(tmp_path):
     src = tmp_path / "p.parquet"
     pq.write_table(laion_table(["http://e.com/a", "http://e.com/b"]), src)

@@ -178,6 +178,8 @@ METADATA_URLS = [
     "http://metadata/computeMetadata/v1/",
     "http://instance-data/latest/",
     "http://user@metadata.goog/",
+    "http://[64:ff9b:1::a9fe:a9fe]/",  # local-use NAT64 (RFC 8215), /96 form of 169.254.169.254
+    "http://[64:ff9b:1:a9fe:a9:fe00::]/",  # the same prefix, RFC 6052 /48 layout
 ]
 
 

@@ -151,6 +151,24 @@ def test_only_the_first_robots_max_bytes_are_parsed(server: HostileServer) -> No
     assert server.requests == ["/img/b"]
 
 
+
+def test_a_robots_txt_starting_with_a_bom_is_obeyed(server: HostileServer) -> None:
+    server.set_robots(b"\xef\xbb\xbfUser-agent: *\nDisallow: /img/a\n")
+    results = fetch_batch(urls(server, "/img/a", "/img/b"), LOCAL)
+    assert [r.status for r in results] == ["opted_out", "ok"]
+    assert server.requests == ["/img/b"]
+
+
+def test_a_low_image_cap_does_not_cut_robots_txt_short(server: HostileServer) -> None:
+    filler = "# " + "x" * 98 + "\n"
+    body = "User-agent: *\n" + filler * 3000 + "Disallow: /img/b\n"  # ~300 KB
+    server.set_robots(body)
+    settings = replace(LOCAL, max_bytes=64 * 1024)
+    assert len(body) > settings.max_bytes
+    results = fetch_batch(urls(server, "/img/a", "/img/b"), settings)
+    assert [r.status for r in results] == ["ok", "opted_out"]
+    assert server.requests == ["/img/a"]
+
 def test_robots_txt_redirect_is_followed_through_the_guard(server: HostileServer) -> None:
     server.add_image("rules.txt", b"User-agent: *\nDisallow: /img/b\n", content_type="text/plain")
     server.set_robots(redirect="/img/rules.txt")

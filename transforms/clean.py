@@ -49,9 +49,9 @@ def drop_by_row_id(removed: set[str]) -> DropRule:
 def drop_by_url_sha256(removed: Iterable[str]) -> DropRule:
     """Rows whose non-blank URL's ``url_sha256_of`` is one of ``removed`` (hex digests),
     for a whole block at once: URLs hashed in bulk, compared as raw digests."""
-    # url_sha256_of gives lowercase hex: a key spelled otherwise can never be equal.
-    digests = {bytes.fromhex(k) for k in removed
-               if isinstance(k, str) and len(k) == 64 and set(k) <= _SHA256_HEX}
+    # Compared as raw digests, so a list published in uppercase hex matches too.
+    digests = {bytes.fromhex(k) for k in (k.lower() for k in removed if isinstance(k, str))
+               if len(k) == 64 and set(k) <= _SHA256_HEX}
 
     def rule(row_ids, urls):
         if not isinstance(urls, (pa.Array, pa.ChunkedArray)):  # text formats: a row at a time

@@ -172,6 +172,10 @@ def metadata_reason(ip: IPAddress) -> str | None:
         for kind, inner in _embedded_ipv4(ip):
             if inner in METADATA_ADDRESSES:
                 return f"{kind} form of {inner}: cloud metadata address"
+        if ip in _NAT64_LOCAL_USE:
+            # A site's NAT64 may put the IPv4 address at any RFC 6052 offset: one of
+            # them can be the metadata address, so the whole prefix stays shut.
+            return "local-use NAT64 prefix: may reach a cloud metadata address"
     return None
 
 
@@ -185,8 +189,9 @@ def is_forbidden_address(ip: IPAddress | str) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
         ip = ipaddress.IPv6Address(ip.compressed.split("%", 1)[0])
 
-    if ip in METADATA_ADDRESSES:
-        return "cloud metadata address"
+    reason = metadata_reason(ip)  # first: the same words whichever switch is set
+    if reason is not None:
+        return reason
     if isinstance(ip, ipaddress.IPv6Address):
         for kind, inner in _embedded_ipv4(ip):
             reason = is_forbidden_address(inner)

@@ -124,7 +124,7 @@ async def fetch_robots(
                             return RobotsRules(NO_FILE, f"robots.txt HTTP {status}")
                         if not 200 <= status < 300:
                             return RobotsRules(UNREACHABLE, f"robots.txt HTTP {status}")
-                        cap = min(settings.robots_max_bytes, settings.max_bytes)
+                        cap = settings.robots_max_bytes  # not max_bytes: a low image cap must not cut rules off
                         body = await _read_capped(response, cap)
         except TimeoutError:
             return RobotsRules(UNREACHABLE, f"robots.txt: no answer within {settings.timeout_s:g} s")
@@ -135,7 +135,7 @@ async def fetch_robots(
                     return RobotsRules(UNREACHABLE, blocked, blocked=True)
                 return RobotsRules(UNREACHABLE, f"robots.txt redirect refused: {blocked}")
             return RobotsRules(UNREACHABLE, short_error(f"robots.txt: {short_error(exc)}"))
-        return parse_robots(body.decode("utf-8", errors="replace"))
+        return parse_robots(body.decode("utf-8-sig", errors="replace"))  # a BOM would hide the first group
     return RobotsRules(NO_FILE, "robots.txt: too many redirects")
 
 
