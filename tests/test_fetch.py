@@ -354,6 +354,9 @@ def test_redirect_back_to_loopback_is_blocked(server: HostileServer) -> None:
     server.clear_requests()
     result = fetch_batch([server.url("/redirect-to-loopback", host="localhost")], exempt)[0]
     assert result.status == "blocked_address"
+    # Refused by the hop check itself, before anything (robots.txt included) is asked
+    # of the new host; the connection guard behind it is the second wall, not the first.
+    assert result.error.startswith("redirect refused"), result.error
     assert server.requests == ["/redirect-to-loopback"]
 
 
