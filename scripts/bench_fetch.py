@@ -43,12 +43,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_host(folder: Path) -> tuple[subprocess.Popen, int]:
+def start_host(folder: Path, robots: Path | None = None) -> tuple[subprocess.Popen, int]:
+    """scripts/image_host.py serving ``folder`` (and ``robots`` as /robots.txt) in its own
+    process; returns it and its port once it accepts connections."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "image_host.py"), str(folder), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-    )
+    command = [sys.executable, str(ROOT / "scripts" / "image_host.py"), str(folder), "--port", str(port)]
+    if robots is not None:
+        command += ["--robots-txt", str(robots)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:

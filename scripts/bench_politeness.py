@@ -31,29 +31,10 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench_fetch import BIN, free_port, make_images, timed  # noqa: E402
+from scripts.bench_fetch import BIN, make_images, start_host, timed  # noqa: E402
 
 ROBOTS_TXT = "User-agent: *\n" + "".join(f"Disallow: /private{i}/\nAllow: /private{i}/pub\n" for i in range(20)) + \
     "Disallow: /*.gif$\n\nUser-agent: laion-audit\n" + "".join(f"Disallow: /secret{i}/*.png$\n" for i in range(10))
-
-
-def start_host(folder: Path, robots: Path):  # type: ignore[no-untyped-def]
-    import socket
-    import subprocess
-    import time
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "image_host.py"), str(folder),
-                             "--port", str(port), "--robots-txt", str(robots)], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("image host did not start")
 
 
 def main() -> None:
