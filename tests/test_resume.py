@@ -23,6 +23,7 @@ from pipelines.cli import main
 from pipelines.config import RunnerConfig, parse_config
 from pipelines.local_driver import is_local_runner, plan_groups, split_files
 from pipelines.manifest import config_sha256, read_manifest
+from scripts.bench_resume import write_config
 from scripts.sample_images import make_photo_jpeg
 from tests.conftest import laion_table
 from tests.hostile_server import HostileServer
@@ -146,13 +147,7 @@ def test_a_run_killed_after_60_percent_of_its_fetches_refetches_only_the_rest(tm
             # (`host.requests`: robots.txt ones are not among them).
             urls = [host.url(f"/img/{i % 4}.jpg?f={f}&i={i}") for i in range(per_file)]
             pq.write_table(laion_table(urls), tmp_path / "data" / f"part-{f:02d}.parquet", row_group_size=10)
-        config = tmp_path / "config.yaml"
-        config.write_text(yaml.safe_dump({
-            "dataset": {"input": str(tmp_path / "data" / "*.parquet")},
-            "output": {"path": str(tmp_path / "out")},
-            "fetch": {"timeout_s": 10, "retries": 0, "allowed_private_hosts": [f"127.0.0.2:{host.port}"]},
-            "runner": {"name": "FnApiRunner", "local_group_rows": per_file},
-        }))
+        config = write_config(tmp_path, host, group_rows=per_file)  # the benchmark's own config
         out = tmp_path / "out"
         proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(config)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
