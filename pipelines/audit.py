@@ -33,7 +33,7 @@ from pipelines.manifest import (
     package_version,
     write_manifest,
 )
-from pipelines.runners import make_options, make_runner
+from pipelines.runners import make_pipeline
 from transforms.captions import FlagCaptions
 from transforms.fetch import Fetch
 from transforms.hashing import HashImages
@@ -182,8 +182,9 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan | 
     )
     from pipelines.progress import CountProgress, active_folder
 
-    if group is not None and active_folder() is not None:  # a local run's live progress line
-        records | "Progress" >> beam.ParDo(CountProgress(active_folder()))
+    counts = active_folder() if group is not None else None
+    if counts is not None:  # a local run's live progress line
+        records | "Progress" >> beam.ParDo(CountProgress(counts))
 
     if config.output.write_embeddings:
         records | "WriteEmbeddings" >> WriteEmbeddings(out, prefix=group.prefix if group else "")
@@ -217,7 +218,7 @@ def run_pipeline(config_runner, build, output_path: str | None = None,
     write the run's manifest there (`manifest()`, made once the build succeeded), run to
     the end; return (result, wall seconds)."""
     started = time.monotonic()
-    pipeline = beam.Pipeline(runner=make_runner(config_runner.name), options=make_options(config_runner.options))
+    pipeline = make_pipeline(config_runner)
     try:
         build(pipeline)
         launched = manifest() if manifest is not None else None

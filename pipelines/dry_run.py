@@ -27,7 +27,7 @@ from typing import Any
 import apache_beam as beam
 
 from pipelines.config import AuditConfig, ConfigError
-from transforms.paths import is_remote
+from transforms.paths import is_remote, local_only
 
 # How configs/ spells a value you must fill in: MY_PROJECT, MY_BUCKET, ...
 PLACEHOLDER = re.compile(r"\bMY_[A-Z0-9_]+\b")
@@ -42,7 +42,7 @@ def offline_inputs(patterns: Iterable[str]) -> list[str]:
     from transforms.read import match_inputs
 
     patterns = list(patterns)
-    local = [p for p in patterns if not is_remote(p)]
+    local = local_only(patterns)
     matched = match_inputs(local) if local else []
     return sorted(set(matched) | {p for p in patterns if is_remote(p)})
 
@@ -230,7 +230,7 @@ class DryRunReport:
     def lines(self) -> list[str]:
         out = [f"dry run: {self.config_path}  (nothing run, nothing written, no network request)",
                f"runner: {self.runner}  (options checked by Beam's validator for this runner)"]
-        local = [p for p in self.inputs if not is_remote(p)]
+        local = local_only(self.inputs)
         remote = [p for p in self.inputs if is_remote(p)]
         described = []
         if local:

@@ -44,7 +44,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.config import AuditConfig, ConfigError
 from pipelines.manifest import ManifestError, read_manifest, write_manifest
-from pipelines.runners import make_options, make_runner
+from pipelines.runners import LOCAL_RUNNERS, make_pipeline
 from transforms import paths as paths_mod
 from transforms.clean import WriteCleanDataset
 from transforms.outputs import removed_row_ids
@@ -60,9 +60,6 @@ from transforms.write import (
 )
 
 log = logging.getLogger(__name__)
-
-LOCAL_RUNNERS = frozenset({"FnApiRunner", "DirectRunner"})
-
 
 def is_local_runner(runner) -> bool:
     """Whether `runner` (a RunnerConfig) runs in this process's machine: the in-memory and
@@ -237,14 +234,10 @@ def _counter(result, name: str) -> int:
     return counter(result, "audit", name)
 
 
-def _pipeline(config: AuditConfig) -> beam.Pipeline:
-    return beam.Pipeline(runner=make_runner(config.runner.name), options=make_options(config.runner.options))
-
-
 def _build_group(config: AuditConfig, plan, group: Group) -> beam.Pipeline:
     from pipelines import audit
 
-    pipeline = _pipeline(config)
+    pipeline = make_pipeline(config.runner)
     try:
         audit.build_audit(pipeline, config, plan, group=group)
     except ValueError as err:
@@ -307,7 +300,7 @@ def run_clean(config: AuditConfig, plan, files: list[str], sources: dict[str, st
     if not files:
         return
     out = config.output.path
-    pipeline = _pipeline(config)
+    pipeline = make_pipeline(config.runner)
     removed = (
         pipeline
         | "ReadAudit" >> beam.io.ReadFromParquetBatched(output_dir(out, "audit/*.parquet"),

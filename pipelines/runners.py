@@ -4,17 +4,18 @@ from __future__ import annotations
 import contextlib
 import io
 
+import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 # Beam 2.77's DirectRunner first tries to download the Prism runner and falls back when
 # it can't; naming the FnApiRunner pins the local engine. `DirectRunner` here means the
 # same engine, which honours `direct_running_mode` (in_memory | multi_processing).
-_LOCAL = {"FnApiRunner", "DirectRunner"}
-KNOWN_RUNNERS = _LOCAL | {"PortableRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PrismRunner"}
+LOCAL_RUNNERS = frozenset({"FnApiRunner", "DirectRunner"})
+KNOWN_RUNNERS = LOCAL_RUNNERS | {"PortableRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PrismRunner"}
 
 
 def make_runner(name: str):
-    if name in _LOCAL:
+    if name in LOCAL_RUNNERS:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return FnApiRunner()
@@ -24,6 +25,11 @@ def make_runner(name: str):
 def make_options(options: dict) -> PipelineOptions:
     flat = {key: value for key, value in options.items() if value is not None}
     return PipelineOptions.from_dictionary(flat)
+
+
+def make_pipeline(runner) -> beam.Pipeline:
+    """An empty pipeline on the config's runner (`runner.name`, `runner.options`)."""
+    return beam.Pipeline(runner=make_runner(runner.name), options=make_options(runner.options))
 
 
 def check_runner(name: str, options: dict) -> str | None:
