@@ -201,8 +201,6 @@ def is_forbidden_address(ip: IPAddress | str) -> str | None:
             ip in _IPV4_COMPATIBLE and int(ip) > 1
         ):
             return None  # these reach exactly the embedded (public) IPv4 address
-        if ip in _NAT64_LOCAL_USE:
-            return "local-use NAT64 prefix"
         if ip in _SITE_LOCAL:
             return "site-local"
     if ip.is_unspecified:
