@@ -15,7 +15,6 @@ format checked for its columns; the files themselves are read on the workers.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -23,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.audit import counter, run_pipeline
 from pipelines.config import ConfigError, RunnerConfig
 from transforms.clean import WriteCleanDataset
-from transforms.paths import is_remote, local_only
+from transforms.paths import local_only, same_path
 from transforms.read import DatasetSpec, check_dataset, match_inputs, source_names
 from transforms.write import output_dir
 
@@ -51,15 +50,9 @@ def plan_apply(published_dir: str, inputs: list[str], out_dir: str, spec: Datase
         raise ConfigError(str(err).splitlines()[0]) from None
     sources = source_names(paths)
     for path in paths:
-        if _same_file(path, output_dir(out_dir, sources[path])):
+        if same_path(path, output_dir(out_dir, sources[path])):
             raise ConfigError(f"--out: would overwrite the input '{path}' (a cleaned file takes its input's name)")
     return ApplyPlan(published, paths, sources, spec, out_dir)
-
-
-def _same_file(a: str, b: str) -> bool:
-    if is_remote(a) or is_remote(b):
-        return a == b
-    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def build_apply(pipeline: beam.Pipeline, plan: ApplyPlan) -> None:

@@ -19,7 +19,6 @@ the audit rows and the dataset (for clean/) are read on the workers.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 
 import apache_beam as beam
@@ -41,7 +40,7 @@ from pipelines.manifest import (
     read_manifest,
 )
 from transforms.outputs import WriteOutputs
-from transforms.paths import absolute, is_remote, local_only
+from transforms.paths import absolute, local_only, same_path
 from transforms.read import DatasetSpec, match_inputs
 from transforms.records import AUDIT_SCHEMA, conform_table
 from transforms.policy import Policy, compile_policies, decide
@@ -126,7 +125,7 @@ def plan_rematch(audit_dir: str, lists: list[str], out_dir: str, inputs: list[st
     override them. A missing or unreadable manifest is a ManifestError (a ValueError)
     naming the file.
     """
-    if _same_place(audit_dir, out_dir):
+    if same_path(audit_dir, out_dir):
         raise ValueError("--out: must not be the audit being rematched (it is read while written)")
     audited = read_manifest(audit_dir)
     summary = summary_path(audit_dir)
@@ -171,12 +170,6 @@ def rematch_manifest(plan: RematchPlan) -> RunManifest:
         laion_audit_version=package_version(),
         written_at=now_utc(),
     )
-
-
-def _same_place(a: str, b: str) -> bool:
-    if is_remote(a) or is_remote(b):
-        return a.rstrip("/") == b.rstrip("/")
-    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def build_rematch(pipeline: beam.Pipeline, plan: RematchPlan) -> None:

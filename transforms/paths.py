@@ -23,6 +23,14 @@ def is_remote(path: str) -> bool:
     return has_scheme(path) and not path.startswith("file://")
 
 
+def same_path(a: str, b: str) -> bool:
+    """Whether two paths name the same place: remote ones as written (less a trailing
+    "/"), local ones after resolving links and "..", so an output cannot overwrite its input."""
+    if is_remote(a) or is_remote(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 def absolute(path: str) -> str:
     """A plain local path made absolute (a run records where it read from); a path with
     a scheme as given."""
