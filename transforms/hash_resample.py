@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from transforms.pdq import (
+    DIHEDRAL_NAMES,
     MIN_HASHABLE_DIM,
     ZERO_HASH,
     bits_of_dct,
@@ -182,7 +183,7 @@ def perceptual_hashes(plane: np.ndarray, full_width: int, full_height: int) -> t
 def pdq_dihedral(dct: np.ndarray | None, quality: int) -> list[tuple[str, str, int]]:
     """The eight PDQ variants from ``perceptual_hashes``' DCT block."""
     if dct is None:
-        return [(name, ZERO_HASH, 0) for name, _, _ in dihedral_of_dct(np.zeros((16, 16)), 0)]
+        return [(name, ZERO_HASH, 0) for name in DIHEDRAL_NAMES]
     return dihedral_of_dct(dct, quality)
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from transforms.hash_resample import HASH_MAX_SIDE, copy_size, pdq_dihedral, perceptual_hashes
-from transforms.pdq import limit_blas_threads
+from transforms.pdq import DIHEDRAL_NAMES, limit_blas_threads
 from transforms.row_status import StatusCounters, short_error
 
 _LOG = logging.getLogger(__name__)
@@ -80,16 +80,7 @@ _EXIF_ORIENTATION_TAG = 0x0112
 # rot90 = Transpose.ROTATE_90 (counter-clockwise), flipx = FLIP_TOP_BOTTOM,
 # flipy = FLIP_LEFT_RIGHT (a mirror image), flip_plus1 = TRANSPOSE,
 # flip_minus1 = TRANSVERSE.
-PDQ_DIHEDRAL_NAMES = (
-    "original",
-    "rot90",
-    "rot180",
-    "rot270",
-    "flipx",
-    "flipy",
-    "flip_plus1",
-    "flip_minus1",
-)
+PDQ_DIHEDRAL_NAMES = DIHEDRAL_NAMES
 
 
 
@@ -364,7 +355,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     if fmt in ("JPEG", "MPO"):
         luma = decode_luma(data, max_pixels).luma  # the plane exactly as the audit reads it
     else:
-        luma = _converted(_luma_of, img, mime, width, height)
+        # From the RGB copy just made (its own _to_rgb is a no-op), not a second conversion.
+        luma = _converted(_luma_of, img if img.mode == "L" else rgb, mime, width, height)
     return DecodedImage(image=_with_luma(rgb, luma, (width, height)), format=fmt, mime=mime,
                         width=width, height=height)
 

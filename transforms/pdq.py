@@ -44,6 +44,7 @@ _DIHEDRAL = (
     ("flip_plus1", None, True),
     ("flip_minus1", _ODD_IJ, True),
 )
+DIHEDRAL_NAMES = tuple(name for name, _, _ in _DIHEDRAL)  # pdqhash's order
 
 
 _BLAS_LIMITED = False
@@ -145,5 +146,5 @@ def dihedral_of_dct(dct: np.ndarray, quality: int) -> list[tuple[str, str, int]]
     return out
 
 
-__all__ = ["MIN_HASHABLE_DIM", "ZERO_HASH", "bits_of_dct", "dct16", "dihedral_of_dct", "jarosz_rows",
+__all__ = ["DIHEDRAL_NAMES", "MIN_HASHABLE_DIM", "ZERO_HASH", "bits_of_dct", "dct16", "dihedral_of_dct", "jarosz_rows",
            "jarosz_window", "limit_blas_threads", "quality_of_block"]
