@@ -252,8 +252,9 @@ def runner_config(args: argparse.Namespace):
     are not validated; a top-level name that is no section of a config is refused)."""
     from pydantic import ValidationError
 
-    from pipelines.config import AuditConfig, RunnerConfig, _one_line, apply_override, read_config_file
+    from pipelines.config import AuditConfig, RunnerConfig, apply_override, read_config_file
     from pipelines.runners import check_runner
+    from transforms.data_file import one_line
 
     data: dict = {}
     if args.config is not None:
@@ -277,7 +278,7 @@ def runner_config(args: argparse.Namespace):
     try:
         runner = RunnerConfig.model_validate(raw["runner"])
     except ValidationError as err:
-        raise ConfigError(f"runner.{_one_line(err)}") from None
+        raise ConfigError(f"runner.{one_line(err)}") from None
     problem = check_runner(runner.name, runner.options)
     if problem:
         raise ConfigError(problem)

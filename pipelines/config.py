@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # The fetch section is the fetch stage's own settings (keys, defaults, checks): a light
 # module, so loading a config imports neither aiohttp nor Beam.
+from transforms.data_file import one_line
 from transforms.fetch_settings import FetchSettings
 from transforms.paths import is_remote
 
@@ -169,25 +170,13 @@ def apply_override(data: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def _one_line(err: ValidationError) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # model, dataclass
-        return f"{key}: unknown key"
-    if first["type"] == "missing":
-        return f"{key}: required key is missing"
-    message = first["msg"]
-    extra = f" ({len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{key}: {message}{extra}"
-
-
 def parse_config(data: Any, check_files: bool = True) -> AuditConfig:
     if not isinstance(data, dict):
         raise ConfigError("config: the top level must be a mapping of sections")
     try:
         config = AuditConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_one_line(err)) from None
+        raise ConfigError(one_line(err)) from None
     if check_files:
         _check_local_inputs("dataset.input", config.dataset.input)
         _check_local_inputs("takedown.lists", config.takedown.lists)
