@@ -25,10 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from typing import TextIO
-
-import apache_beam as beam
 
 from pipelines.log_files import open_private
 
@@ -42,41 +39,14 @@ def active_folder() -> str | None:
     return _ACTIVE[-1].group_folder() if _ACTIVE else None
 
 
-class CountProgress(beam.DoFn):
-    """Counts the records passing by (and those with status ok) into a file of its own
-    under `folder`; emits nothing."""
+def __getattr__(name: str):
+    # CountProgress is a Beam DoFn, kept in pipelines/progress_counts.py: Beam is imported
+    # only when it is asked for, so a command that runs no pipeline logs without it.
+    if name == "CountProgress":
+        from pipelines.progress_counts import CountProgress
 
-    def __init__(self, folder: str):
-        self._folder = folder
-
-    def setup(self):
-        self._path = os.path.join(self._folder, f"{os.getpid()}-{uuid.uuid4().hex[:12]}.txt")
-        self._rows = self._ok = 0
-        self._written = 0.0
-
-    def process(self, record: dict):
-        self._rows += 1
-        if record.get("status") == "ok":
-            self._ok += 1
-        now = time.monotonic()
-        if now - self._written >= FLUSH_S:
-            self._flush(now)
-        return ()
-
-    def finish_bundle(self):
-        # No flush at teardown: a worker torn down after its group finished would write
-        # that group's count again (its folder is gone by then, but not always yet).
-        self._flush(time.monotonic())
-
-    def _flush(self, now: float) -> None:
-        self._written = now
-        tmp = f"{self._path}.tmp"
-        try:
-            with open(tmp, "w", encoding="ascii") as handle:
-                handle.write(f"{self._rows} {self._ok}\n")
-            os.replace(tmp, self._path)
-        except OSError:  # the run already ended and its folder is gone: nothing to show
-            pass
+        return CountProgress
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read_counts(folder: str) -> tuple[int, int]:
