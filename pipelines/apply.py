@@ -8,23 +8,43 @@ hash of their normalised URL, so every copy of a removed URL goes.
 
 The dataset is read as the audit reads it (parquet, csv, tsv, jsonl, `.gz` text; the URL
 and id columns as named), through the clean stage the audit's own `clean/` is written
-by. It runs on any runner (`runner`, as `run` takes it): on this machine only the
-published folder and the dataset's globs are listed and the first local file of each
-format checked for its columns; the files themselves are read on the workers.
+by (transforms/clean.py). Where it runs:
+
+- a local runner (FnApiRunner, DirectRunner; not asked for worker processes) and every
+  path local: here, in this process, file after file, without Beam (importing and
+  starting Beam would cost more than cleaning most copies);
+- otherwise (gs://, s3://, a Dataflow / Flink / portable runner, multi_processing): as
+  a Beam pipeline on `runner`, as `run` takes it. Only the published folder and the
+  dataset's globs are listed here and the first local file of each format checked for
+  its columns; the files themselves are read on the workers.
+
+Both ways run the same `clean_file` on each file, so they write the same files.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
-import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
+import pyarrow.parquet as pq
 
-from pipelines.audit import counter, run_pipeline
 from pipelines.config import ConfigError, RunnerConfig
-from transforms.clean import WriteCleanDataset
-from transforms.paths import local_only, same_path
-from transforms.read import DatasetSpec, check_dataset, match_inputs, source_names
-from transforms.write import output_dir
+from transforms.clean import clean_file, drop_by_url_sha256
+from transforms.dataset_files import (
+    DatasetError,
+    DatasetSpec,
+    check_dataset,
+    match_inputs,
+    match_local,
+    naming_file,
+    open_input,
+    reads_natively,
+    source_names,
+)
+from transforms.paths import has_scheme, join, local_only, same_path
+
+# pipelines.runners.LOCAL_RUNNERS, named here without importing Beam.
+IN_PROCESS_RUNNERS = frozenset({"FnApiRunner", "DirectRunner"})
+PUBLISHED_COLUMN = "url_sha256"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +54,37 @@ class ApplyPlan:
     sources: dict[str, str]  # each file's name under out_dir (and in its row ids)
     spec: DatasetSpec
     out_dir: str
+    published_files: tuple[str, ...] = ()  # what `published` matched when planned
+
+
+def _match_published(pattern: str) -> list[str]:
+    if has_scheme(pattern):
+        from apache_beam.io.filesystems import FileSystems
+
+        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    return sorted(match_local(pattern))
+
+
+def _check_published(path: str) -> None:
+    """A local published file is a parquet file with a url_sha256 column."""
+    with naming_file(path, "parquet"), contextlib.ExitStack() as stack:
+        source = path if reads_natively(path) else stack.enter_context(open_input(path))
+        names = pq.ParquetFile(source).schema_arrow.names
+    if PUBLISHED_COLUMN not in names:
+        raise ConfigError(f"--removals: {path} has no {PUBLISHED_COLUMN} column (columns: {', '.join(names)})")
 
 
 def plan_apply(published_dir: str, inputs: list[str], out_dir: str, spec: DatasetSpec) -> ApplyPlan:
     """Check on this machine what can be checked cheaply; ConfigError (one line) if not."""
     published = published_dir.rstrip("/") + "/*.parquet"
-    if not FileSystems.match([published])[0].metadata_list:
+    published_files = _match_published(published)
+    if not published_files:
         raise ConfigError(f"--removals: no published list (*.parquet) in '{published_dir}'")
+    try:
+        for path in local_only(published_files[:1]):
+            _check_published(path)
+    except DatasetError as err:  # not a parquet file
+        raise ConfigError(f"--removals: {err}".splitlines()[0]) from None
     # Rows are dropped by URL alone: no caption column is read, so none is required.
     spec = dataclasses.replace(spec, caption_col=None)
     try:
@@ -50,25 +94,63 @@ def plan_apply(published_dir: str, inputs: list[str], out_dir: str, spec: Datase
         raise ConfigError(str(err).splitlines()[0]) from None
     sources = source_names(paths)
     for path in paths:
-        if same_path(path, output_dir(out_dir, sources[path])):
+        if same_path(path, join(out_dir, sources[path])):
             raise ConfigError(f"--out: would overwrite the input '{path}' (a cleaned file takes its input's name)")
-    return ApplyPlan(published, paths, sources, spec, out_dir)
+    return ApplyPlan(published, paths, sources, spec, out_dir, tuple(published_files))
 
 
-def build_apply(pipeline: beam.Pipeline, plan: ApplyPlan) -> None:
+def runs_in_process(runner: RunnerConfig, plan: ApplyPlan) -> bool:
+    """A local runner not asked for worker processes, and nothing but local paths."""
+    if runner.name not in IN_PROCESS_RUNNERS:
+        return False
+    options = runner.options
+    if options.get("direct_running_mode") == "multi_processing" and options.get("direct_num_workers", 1) != 1:
+        return False
+    return not any(has_scheme(p) for p in (plan.out_dir, *plan.published_files, *plan.paths))
+
+
+def build_apply(pipeline, plan: ApplyPlan) -> None:
+    import apache_beam as beam
+
+    from transforms.clean_beam import WriteCleanDataset
+
     # Read on the workers: a published list can hold millions of hashes.
     keys = (
         pipeline
-        | "ReadPublished" >> beam.io.ReadFromParquet(plan.published, columns=["url_sha256"])
-        | "UrlHashes" >> beam.Map(lambda row: row["url_sha256"])
+        | "ReadPublished" >> beam.io.ReadFromParquet(plan.published, columns=[PUBLISHED_COLUMN])
+        | "UrlHashes" >> beam.Map(lambda row: row[PUBLISHED_COLUMN])
     )
     _ = keys | "Clean" >> WriteCleanDataset(plan.paths, plan.sources, plan.spec, plan.out_dir, by="url_sha256")
 
 
+def apply_here(plan: ApplyPlan) -> dict:
+    """The plan run in this process: the published hashes read, then each file cleaned."""
+    removed: list = []
+    for path in plan.published_files:
+        with naming_file(path, "parquet"):
+            removed += pq.read_table(path, columns=[PUBLISHED_COLUMN]).column(0).to_pylist()
+    rule = drop_by_url_sha256(removed)
+    kept = dropped = 0
+    for path in plan.paths:
+        source = plan.sources[path]
+        file_kept, file_dropped = clean_file(path, source, join(plan.out_dir, source), plan.spec, rule)
+        kept += file_kept
+        dropped += file_dropped
+    return {"files": len(plan.paths), "rows_kept": kept, "rows_dropped": dropped}
+
+
 def run_apply(published_dir: str, inputs: list[str], out_dir: str, spec: DatasetSpec,
-              runner: RunnerConfig | None = None) -> dict:
+              runner: RunnerConfig | None = None, in_process: bool | None = None) -> dict:
+    """Plan, then clean: here (`runs_in_process`) or as a Beam pipeline on `runner`;
+    `in_process` set says which, whatever the runner (False: the pipeline on a local run).
+    Returns the number of files and the rows kept and dropped."""
+    runner = runner or RunnerConfig()
     plan = plan_apply(published_dir, inputs, out_dir, spec)
-    result, _ = run_pipeline(runner or RunnerConfig(), lambda p: build_apply(p, plan))
+    if runs_in_process(runner, plan) if in_process is None else in_process:
+        return apply_here(plan)
+    from pipelines.audit import counter, run_pipeline
+
+    result, _ = run_pipeline(runner, lambda p: build_apply(p, plan))
     return {
         "files": len(plan.paths),
         "rows_kept": counter(result, "clean", "rows_kept"),

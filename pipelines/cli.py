@@ -162,7 +162,7 @@ def _image_embedder(model_name: str, pretrained: str | None):
 
 def _cmd_apply(args: argparse.Namespace) -> int:
     from pipelines.apply import run_apply
-    from transforms.read import DatasetSpec
+    from transforms.dataset_files import DatasetSpec
 
     runner = runner_config(args)  # before anything is read: a bad runner fails fast
     spec = DatasetSpec(url_col=args.url_col, id_col=args.id_col, format=args.format)
@@ -252,8 +252,8 @@ def runner_config(args: argparse.Namespace):
     are not validated; a top-level name that is no section of a config is refused)."""
     from pydantic import ValidationError
 
+    from pipelines.apply import IN_PROCESS_RUNNERS
     from pipelines.config import AuditConfig, RunnerConfig, apply_override, read_config_file
-    from pipelines.runners import check_runner
     from transforms.data_file import one_line
 
     data: dict = {}
@@ -279,9 +279,12 @@ def runner_config(args: argparse.Namespace):
         runner = RunnerConfig.model_validate(raw["runner"])
     except ValidationError as err:
         raise ConfigError(f"runner.{one_line(err)}") from None
-    problem = check_runner(runner.name, runner.options)
-    if problem:
-        raise ConfigError(problem)
+    if runner.options or runner.name not in IN_PROCESS_RUNNERS:  # a bare local runner needs no Beam to check
+        from pipelines.runners import check_runner
+
+        problem = check_runner(runner.name, runner.options)
+        if problem:
+            raise ConfigError(problem)
     return runner
 
 
@@ -501,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _handle(args: argparse.Namespace) -> int:
     """The subcommand run, its errors turned into one line and an exit code."""
-    from transforms.read import DatasetError
+    from transforms.dataset_files import DatasetError
 
     try:
         return args.handler(args)

@@ -269,3 +269,70 @@ def test_bulk_url_drop_rule_equals_the_per_row_rule():
     assert rule(lambda: pytest.fail("row ids are not needed"), pa.array(urls, pa.string())).tolist() == expected
     assert rule(lambda: [], urls).tolist() == expected  # the text formats' lists
     assert sum(expected) > 500
+
+
+def test_a_rewrite_keeps_a_dictionary_only_where_the_input_shows_it_pays(tmp_path):
+    import random
+
+    import pyarrow as pa
+
+    rng = random.Random(0)
+    n = 5000
+    urls = [f"https://img{i % 97}.example.com/{i}/{rng.getrandbits(40):x}.jpg" for i in range(n)]
+    table = pa.table({
+        "URL": urls,
+        "lang": [("en", "de", "fr")[i % 3] for i in range(n)],
+        "WIDTH": pa.array([(256, 512, 1024)[i % 3] for i in range(n)], pa.int64()),
+        "similarity": [rng.random() for _ in range(n)],
+        "tags": [["a"] * (i % 2) for i in range(n)],
+    })
+    src, out = tmp_path / "p.parquet", tmp_path / "out.parquet"
+    pq.write_table(table, src)  # pyarrow's default: a dictionary tried on every column
+    assert clean_file(str(src), "p.parquet", str(out), DatasetSpec(caption_col=None),
+                      drop_by_url_sha256({url_sha256_of(urls[3])})) \
+        == (n - 1, 1)
+    assert pq.read_table(out).equals(table.filter(pa.array([i != 3 for i in range(n)])))
+    meta = pq.ParquetFile(out).metadata
+    with_dictionary = {meta.schema.column(i).path: meta.row_group(0).column(i).has_dictionary_page
+                       for i in range(meta.num_columns)}
+    assert with_dictionary == {"URL": False, "lang": True, "WIDTH": True, "similarity": False,
+                               "tags.list.element": True}
+
+
+def test_the_column_wise_shortcut_gives_the_row_wise_one():
+    """URLs not normal but usual (upper-case host, default port, fragment) are normalised
+    column-wise; each agrees with the row-wise shortcut, which the test above pins to the
+    full normalisation, and every ASCII URL that shortcut takes is taken."""
+    import pyarrow as pa
+
+    from transforms.urls import _simple_normal, _simple_normals
+
+    usual = [f"{s}://{h}{p}/a/{i}.jpg{q}{f}" for i, (s, h, p, q, f) in enumerate(
+        (s, h, p, q, f) for s in ("http", "HTTPS", "https") for h in ("IMG.example.com", "img.example.com")
+        for p in ("", ":80", ":443", ":8080") for q in ("", "?", "?a=1", "??") for f in ("", "#x", "#\x1f", "# "))]
+    urls = usual + TRICKY_URLS + _fuzzed_urls(3000, seed=2)
+    simple, normals = _simple_normals(pa.array(urls, pa.string()))
+    for url, taken, normal in zip(urls, simple.tolist(), normals.to_pylist()):
+        expected = _simple_normal(url)
+        if taken:
+            assert normal == expected, url
+        else:
+            assert expected is None or not url.isascii(), url
+    assert simple.sum() > 150
+
+
+def test_jsonl_blocks_match_odd_values_as_the_row_rule_does(tmp_path):
+    """A JSONL block with a lone surrogate, a number and a null for a URL is judged whole,
+    as one row at a time would judge it: the surrogate URL by its own bytes."""
+    import hashlib
+
+    lone = "http://e.com/\ud800.jpg"
+    rows = [{"URL": "http://e.com/1.jpg"}, {"URL": lone}, {"URL": 5}, {"URL": None}, {"URL": "http://E.com/1.jpg"}]
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    removed = {hashlib.sha256(u.encode("utf-8", "surrogatepass")).hexdigest() for u in ("http://e.com/1.jpg", lone)}
+    removed.add(hashlib.sha256(b"5").hexdigest())  # a number is no URL: never matched
+    out = tmp_path / "out.jsonl"
+    assert clean_file(str(src), "rows.jsonl", str(out), DatasetSpec(read_batch_rows=3),
+                      drop_by_url_sha256(removed)) == (2, 3)
+    assert [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()] == [{"URL": 5}, {"URL": None}]
