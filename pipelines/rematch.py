@@ -145,7 +145,7 @@ def plan_rematch(audit_dir: str, lists: list[str], out_dir: str, inputs: list[st
     # `thresholds` by kind (pdq=, phash=, clip=); None keeps the audit's own.
     settings = Thresholds(audited.thresholds).replace(**thresholds)
     warnings = []
-    clip_entries = sum(1 for e in load_lists(lists) if kind_of(e.kind).needs_embedding)
+    clip_entries = sum(n for kind, n in load_lists(lists).kind_counts().items() if kind_of(kind).needs_embedding)
     if clip_entries:
         warnings.append(f"{clip_entries} clip entries are not matched: an audit keeps no embeddings")
     return RematchPlan(audit_dir, list(lists), out_dir, readable, spec,

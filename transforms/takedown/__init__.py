@@ -2,23 +2,28 @@
 
 One module per concern:
 
-========== ====================================================================
-module     what it holds
-========== ====================================================================
-kinds      one class per kind (url, url_sha256, md5, sha256, pdq, phash, clip),
-           the kind registry (``register_kind``), ``Thresholds``; what a
-           distance and a threshold mean for each kind
-values     hex and embedding value encodings, read column-wise
-photos     a photo as ``laion-audit request`` hashes it
-lists      the list file format: ``TakedownEntry``, ``load_list(s)``, ``write_list``
-search     the exact-set and cosine indexes, and the interface every kind's index has
-hamming    flat and multi-index Hamming search (why and how fast)
-index      ``TakedownIndex``: kind -> that kind's index, matching a batch at a time
-match      the Beam transforms: ``MatchTakedown``, ``IndexSpec``, ``add_matches``
-========== ====================================================================
+============ ==================================================================
+module       what it holds
+============ ==================================================================
+kinds        one class per kind (url, url_sha256, md5, sha256, pdq, phash, clip),
+             the kind registry (``register_kind``), ``Thresholds``; what a
+             distance and a threshold mean for each kind
+values       hex and embedding value encodings, read column-wise
+photos       a photo as ``laion-audit request`` hashes it
+lists        the list file format: ``TakedownEntry``, the rules for one entry,
+             ``write_list``
+list_formats each format's rows read as chunks of Arrow columns
+list_loader  ``load_list(s)``: those chunks checked in bulk, into an ``EntryTable``
+entry_table  ``EntryTable``: list entries as columns, no Python object per entry
+search       the exact-set and cosine indexes, and the interface every kind's index has
+hamming      flat and multi-index Hamming search (why and how fast)
+index        ``TakedownIndex``: kind -> that kind's index, matching a batch at a time
+match        the Beam transforms: ``MatchTakedown``, ``IndexSpec``, ``add_matches``
+============ ==================================================================
 
 The names below are what callers import from ``transforms.takedown`` itself.
 """
+from transforms.takedown.entry_table import EntryTable
 from transforms.takedown.hamming import HAMMING_STRATEGIES, HammingSearch, estimated_search_ns
 from transforms.takedown.index import TakedownIndex
 from transforms.takedown.kinds import (
@@ -64,6 +69,7 @@ __all__ = [
     "BadEntryValue",
     "ClipKind",
     "CosineSearch",
+    "EntryTable",
     "ExactSet",
     "HammingKind",
     "HammingSearch",

@@ -1,7 +1,10 @@
 """TakedownIndex: every entry of the takedown lists, searchable a batch of rows at a time.
 
 The index is a map from kind to that kind's own index, built by the kind
-(``Kind.build``) from its entries' values and thresholds; matching asks each kind to
+(``Kind.build``) from its entries' values and thresholds, taken from an ``EntryTable``
+(columns: a 10 M-entry PDQ list is its packed codes, not 10 M objects). The index keeps
+the table's metadata columns only; a hit's list, entry id, kind and reason are looked up
+from them by entry position when a batch is matched. Matching asks each kind to
 read its values from the batch's columns (``Kind.rows``) and its index to search them
 (``query``), once per kind per batch. Which columns and which index each kind uses, and
 what its distance and threshold mean, is in ``transforms.takedown.kinds``.
@@ -31,9 +34,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from transforms.takedown.entry_table import EntryTable, stored_for_build, stored_take
 from transforms.takedown.hamming import HAMMING_STRATEGIES
-from transforms.takedown.kinds import KINDS, Kind, Thresholds, kind_of
-from transforms.takedown.lists import TakedownEntry, load_lists
+from transforms.takedown.kinds import KINDS, Kind, Thresholds
+from transforms.takedown.list_loader import load_lists
+from transforms.takedown.lists import TakedownEntry
 from transforms.takedown.search import BadEntryValue, KindIndex
 
 _LOG = logging.getLogger(__name__)
@@ -42,7 +47,8 @@ _LOG = logging.getLogger(__name__)
 class _Part(NamedTuple):
     kind: Kind
     index: KindIndex
-    entries: np.ndarray  # position in the kind's index -> position in TakedownIndex._entries
+    entries: np.ndarray | None  # position in the kind's index -> entry; None: the same position
+    count: int  # entries in the index
 
 
 def _column_list(values: Any) -> Any:
@@ -61,59 +67,62 @@ class TakedownIndex:
 
     def __init__(
         self,
-        entries: Iterable[TakedownEntry],
+        entries: EntryTable | Iterable[TakedownEntry],
         *,
         thresholds: Thresholds | None = None,
         hamming_strategy: str = "auto",
     ) -> None:
+        """``entries``: an ``EntryTable`` (``load_lists``; its values go into the kinds'
+        indexes, only its metadata columns are kept) or entry objects."""
         if hamming_strategy not in HAMMING_STRATEGIES:
             raise ValueError(f"hamming_strategy must be one of {', '.join(HAMMING_STRATEGIES)}")
         started = time.perf_counter()
-        self._entries: list[TakedownEntry] = list(entries)
+        table = entries if isinstance(entries, EntryTable) else EntryTable.from_entries(entries)
         self.thresholds = thresholds if thresholds is not None else Thresholds()
-        by_kind: dict[str, list[int]] = {}
-        seen: set[tuple[str, str]] = set()
-        for i, entry in enumerate(self._entries):
-            key = (entry.list_id, entry.entry_id)
-            if key in seen:
-                raise ValueError(f"duplicate entry {entry.entry_id!r} in list {entry.list_id!r}")
-            seen.add(key)
-            by_kind.setdefault(kind_of(entry.kind).name, []).append(i)  # unknown kinds fail here, by name
-        del seen
-
         self._parts: dict[str, _Part] = {}
         self.low_quality_entries = 0
-        for name, idx in by_kind.items():
+        for name in table.kind_names:
             kind = KINDS[name]
-            low = kind.low_quality(np.array([self._entries[i].quality for i in idx], dtype=np.float64))
-            if low.any():  # too poor to match safely (see transforms.takedown.kinds)
-                self.low_quality_entries += int(low.sum())
-                idx = [i for i, drop in zip(idx, low.tolist()) if not drop]
-            if idx:
-                self._parts[name] = self._build(kind, idx, hamming_strategy=hamming_strategy)
+            rows = table.values[name].rows
+            values = table.values[name].values
+            if table.quality is not None:
+                quality = table.quality if rows is None else table.quality[rows]
+                low = np.asarray(kind.low_quality(quality), dtype=bool)
+                if low.any():  # too poor to match safely (see transforms.takedown.kinds)
+                    self.low_quality_entries += int(low.sum())
+                    keep = np.flatnonzero(~low)
+                    rows = keep if rows is None else rows[keep]
+                    values = stored_take(values, keep)
+            if len(values):
+                self._parts[name] = self._build(table, kind, rows, values, hamming_strategy=hamming_strategy)
+        self._entries = table.without_values()  # what a match reports: lists, ids, kinds, reasons
         self.kinds: tuple[str, ...] = tuple(k for k in KINDS if k in self._parts)
         self.build_seconds = time.perf_counter() - started
         _LOG.info(
             "takedown index: %d entries (%s), %d low-quality entries, built in %.2f s",
             len(self._entries),
-            ", ".join(f"{k}={len(self._parts[k].entries)}" + (f"/{s}" if (s := self.strategy(k)) else "")
+            ", ".join(f"{k}={self._parts[k].count}" + (f"/{s}" if (s := self.strategy(k)) else "")
                       for k in self.kinds),
             self.low_quality_entries,
             self.build_seconds,
         )
 
-    def _build(self, kind: Kind, idx: list[int], **options: Any) -> _Part:
+    def _build(self, table: EntryTable, kind: Kind, rows: np.ndarray | None, values: Any, **options: Any) -> _Part:
         default = self.thresholds.get(kind.name, kind.default_threshold)
         default = 0.0 if default is None else float(default)
-        entries = [self._entries[i] for i in idx]
-        thresholds = np.array([default if e.max_distance is None else float(e.max_distance) for e in entries],
-                              dtype=np.float64)
+        count = len(values)
+        if table.max_distance is None:
+            # One threshold for all: a read-only broadcast, not 8 bytes per entry.
+            thresholds = np.broadcast_to(np.float64(default), (count,))
+        else:
+            own = table.max_distance if rows is None else table.max_distance[rows]
+            thresholds = np.where(np.isnan(own), default, own)
         try:
-            index = kind.build([e.value for e in entries], thresholds, **options)
+            index = kind.build(stored_for_build(values), thresholds, **options)
         except BadEntryValue as err:
-            bad = entries[err.position]
-            raise ValueError(f"entry {bad.entry_id!r} of list {bad.list_id!r}: {err}") from None
-        return _Part(kind, index, np.asarray(idx, dtype=np.int64))
+            list_id, entry_id = table.label(err.position if rows is None else int(rows[err.position]))
+            raise ValueError(f"entry {entry_id!r} of list {list_id!r}: {err}") from None
+        return _Part(kind, index, rows, count)
 
     # -- facts
 
@@ -138,7 +147,7 @@ class TakedownIndex:
     @classmethod
     def from_lists(cls, paths: Iterable[str], list_format: str | None = None, **options: Any) -> TakedownIndex:
         """Load list files (``load_lists``) and index them."""
-        return cls(load_lists(paths, list_format), **options)
+        return cls(load_lists(paths, list_format), **options)  # the table's values live on in the index only
 
     # -- matching
 
@@ -170,6 +179,7 @@ class TakedownIndex:
         return hit_rows, hit_matches
 
     def _match(self, columns: Mapping[str, Any], rows: int | None) -> tuple[int, np.ndarray, list[list[dict]]]:
+        """(rows, the rows that hit ascending, each one's matches)."""
         data = {name: _column_list(values) for name, values in columns.items() if values is not None}
         lengths = {len(values) for values in data.values()}
         if rows is None:
@@ -178,29 +188,34 @@ class TakedownIndex:
             rows = lengths.pop() if lengths else 0
         elif lengths - {rows}:
             raise ValueError(f"columns must all have {rows} rows, got {sorted(lengths)}")
-        hits: dict[int, list[tuple[int, float]]] = {}
-        if rows and self._entries:
+        found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        if rows and len(self._entries):
             for name in self.kinds:
-                kind, index, entries = self._parts[name]
+                kind, index, entries, _ = self._parts[name]
                 found_rows, found_entries, distances = index.query(kind.rows(data, rows))
                 if not len(found_rows):
                     continue
-                for q, e, d in zip(np.asarray(found_rows).tolist(), entries[found_entries].tolist(),
-                                   np.asarray(distances, dtype=np.float64).tolist()):
-                    hits.setdefault(q, []).append((e, d))
-        order = sorted(hits)
-        return rows, np.asarray(order, dtype=np.int64), [self._as_matches(hits[q]) for q in order]
-
-    def _as_matches(self, row_hits: list[tuple[int, float]]) -> list[dict]:
-        if not row_hits:
-            return []
+                found_entries = np.asarray(found_entries, dtype=np.int64)
+                found.append((np.asarray(found_rows, dtype=np.int64),
+                              found_entries if entries is None else entries[found_entries],
+                              np.asarray(distances, dtype=np.float64)))
+        if not found:
+            return rows, np.zeros(0, dtype=np.int64), []
+        hit_rows = np.concatenate([f[0] for f in found])
+        hit_entries = np.concatenate([f[1] for f in found])
+        distances = np.concatenate([f[2] for f in found])
+        order = np.argsort(hit_rows, kind="stable")  # by row; within a row, kind by kind as found
+        hit_rows, hit_entries, distances = hit_rows[order], hit_entries[order], distances[order].tolist()
+        list_ids, entry_ids, kinds, reasons = self._entries.metadata(hit_entries)  # looked up at hit time
+        starts = np.flatnonzero(np.r_[True, hit_rows[1:] != hit_rows[:-1]])
+        bounds = np.r_[starts, len(hit_rows)].tolist()
         out = []
-        for i, distance in row_hits:
-            entry = self._entries[i]
-            out.append({"list_id": entry.list_id, "entry_id": entry.entry_id, "kind": entry.kind,
-                        "distance": distance, "reason": entry.reason})
-        out.sort(key=lambda m: (m["list_id"], m["entry_id"]))
-        return out
+        for begin, end in zip(bounds[:-1], bounds[1:]):
+            matches = [{"list_id": list_ids[j], "entry_id": entry_ids[j], "kind": kinds[j],
+                        "distance": distances[j], "reason": reasons[j]} for j in range(begin, end)]
+            matches.sort(key=lambda m: (m["list_id"], m["entry_id"]))
+            out.append(matches)
+        return rows, hit_rows[starts], out
 
 
 __all__ = ["TakedownIndex"]

@@ -55,6 +55,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
 
 from transforms import hashing
 from transforms.takedown.hamming import HammingSearch
@@ -64,6 +65,7 @@ from transforms.takedown.search import (
     BadEntryValue,
     CosineSearch,
     ExactSet,
+    HexExactSet,
     KindIndex,
     RowValues,
     cosine_distance,
@@ -75,6 +77,7 @@ from transforms.takedown.values import (
     hamming_hex,
     hex_codes,
     normalize_hex,
+    parse_hex_column,
     unit_rows,
 )
 from transforms.urls import normalize_url, url_sha256_of
@@ -105,6 +108,24 @@ class Kind(abc.ABC):
     def validate(self, value: str) -> str:
         """The normalised form of a list value; ValueError saying what is wrong."""
 
+    def parse_values(self, values: pa.Array) -> tuple[np.ndarray, Any]:
+        """Raw list cells of this kind, a whole column at once: (ok, stored). ``ok[i]``
+        when cell i is valid; ``stored`` holds the ok cells' values as ``build`` takes
+        them (here: ``validate``'s normalised strings, an Arrow array; the hex kinds keep
+        packed codes). A cell not ok is checked again by ``validate`` alone, which names
+        what is wrong, so a kind may leave any unusual cell to it."""
+        ok = np.zeros(len(values), dtype=bool)
+        normalised = []
+        for i, cell in enumerate(values.to_pylist()):
+            if not isinstance(cell, str) or not cell.strip():
+                continue
+            try:
+                normalised.append(self.validate(cell))
+            except ValueError:
+                continue
+            ok[i] = True
+        return ok, pa.array(normalised, pa.string())
+
     def check_max_distance(self, number: float) -> float | None:
         """A list entry's ``max_distance`` as the entry's threshold (None: the default);
         ValueError when it is out of range. Exact kinds take none (0 is allowed)."""
@@ -132,9 +153,10 @@ class Kind(abc.ABC):
 
     @abc.abstractmethod
     def build(self, values: Sequence[str], thresholds: np.ndarray, **options: Any) -> KindIndex:
-        """The index of these (validated) list values, ``thresholds[i]`` for value i in
-        the kind's own unit (module docstring; ignored by exact kinds). ``BadEntryValue``
-        names the position of a value the index cannot take."""
+        """The index of these list values (strings, or the packed codes ``parse_values``
+        made for a hex kind), ``thresholds[i]`` for value i in the kind's own unit
+        (module docstring; ignored by exact kinds). ``BadEntryValue`` names the position
+        of a value the index cannot take."""
 
     # -- comparing two values
 
@@ -180,6 +202,9 @@ class HexExactKind(Kind):
     def validate(self, value: str) -> str:
         return normalize_hex(value, self.digits, self.name)
 
+    def parse_values(self, values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        return parse_hex_column(values, self.digits)
+
     def record_value(self, record: Mapping[str, Any]) -> str | None:
         return record.get(self.columns[0]) or None
 
@@ -192,7 +217,10 @@ class HexExactKind(Kind):
             return RowValues(None, ())
         return RowValues(None, [v.strip().lower() if isinstance(v, str) and v else None for v in column])
 
-    def build(self, values: Sequence[str], thresholds: np.ndarray, **options: Any) -> ExactSet:
+    def build(self, values: Sequence[str] | np.ndarray, thresholds: np.ndarray,
+              **options: Any) -> ExactSet | HexExactSet:
+        if isinstance(values, np.ndarray):  # packed codes from a list file
+            return HexExactSet.build(values)
         return ExactSet.build([(v.strip().lower(),) for v in values])
 
 
@@ -291,6 +319,9 @@ class HammingKind(Kind):
     def validate(self, value: str) -> str:
         return normalize_hex(value, self.digits, self.name)
 
+    def parse_values(self, values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        return parse_hex_column(values, self.digits)
+
     def check_max_distance(self, number: float) -> float | None:
         if not 0 <= number <= self.bits:
             raise ValueError(f"max_distance for {self.name} must be 0..{self.bits} bits, got {number:g}")
@@ -308,7 +339,9 @@ class HammingKind(Kind):
             return RowValues(np.zeros(0, dtype=np.int64), np.zeros((0, self.digits // 2), dtype=np.uint8))
         return RowValues(*hex_codes(column, self.digits // 2))
 
-    def build(self, values: Sequence[str], thresholds: np.ndarray, **options: Any) -> HammingSearch:
+    def build(self, values: Sequence[str] | np.ndarray, thresholds: np.ndarray, **options: Any) -> HammingSearch:
+        if isinstance(values, np.ndarray):  # packed codes from a list file
+            return HammingSearch.build(values, thresholds, **options)
         positions, codes = hex_codes(values, self.digits // 2)
         if len(positions) != len(values):
             bad = int(np.setdiff1d(np.arange(len(values)), positions)[0])

@@ -1,4 +1,4 @@
-"""Takedown list files: the format, reading (validated, all or nothing) and writing.
+"""Takedown list files: the format, the rules for one entry, and writing.
 
 A takedown list is one file of entries ``list_id, entry_id, kind, value`` plus optional
 ``max_distance``, ``reason`` and ``quality`` columns, as parquet, csv or jsonl; or a
@@ -8,6 +8,8 @@ list_id is the file's stem, entry_id the line number). Kinds, value formats and 
 validates its own values. ``load_list`` validates a whole file and raises
 ``TakedownListError`` naming file, line (row for parquet) and entry id for the first bad
 entry, so nothing is ever half-loaded; messages give a value's length, never the value.
+Reading is in ``list_loader`` (columns checked in bulk, into an ``EntryTable``); the
+rules it applies are ``_entry_of`` here, which also words every error.
 Entries their kind finds of too low quality (PDQ ``quality`` below 50) are kept and
 flagged (``TakedownEntry.low_quality``); matching leaves them out.
 """
@@ -20,7 +22,7 @@ import json
 import math
 import posixpath
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -183,121 +185,9 @@ def _entry_of(fields: Mapping[str, Any], where: str) -> TakedownEntry:
     )
 
 
-def _lines(fh) -> Iterator[str]:
-    """Decoded text lines of a binary file object (any FileSystems file)."""
-    first = True
-    for raw in iter(fh.readline, b""):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError("not UTF-8 text") from None
-        if first:
-            line = line.lstrip("\ufeff")
-            first = False
-        yield line
-
-
 def _missing_columns(have: Iterable[str]) -> list[str]:
     present = set(have)
     return [name for name in REQUIRED_COLUMNS if name not in present]
-
-
-def _rows_csv(path: str, fh) -> Iterator[tuple[str, dict]]:
-    reader = csv.reader(_lines(fh))
-    header = next(reader, None)
-    if header is None:
-        return
-    header = [name.strip().lower() for name in header]
-    missing = _missing_columns(header)
-    if missing:
-        raise TakedownListError(f"{path} line 1 (header): missing column {missing[0]!r}")
-    line = reader.line_num
-    for cells in reader:
-        start, line = line + 1, reader.line_num
-        if not any(cell.strip() for cell in cells):
-            continue
-        yield f"{path} line {start}", dict(zip(header, cells))
-
-
-def _rows_jsonl(path: str, fh) -> Iterator[tuple[str, dict]]:
-    for number, line in enumerate(_lines(fh), start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TakedownListError(f"{where}: not a JSON object ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise TakedownListError(f"{where}: not a JSON object")
-        missing = _missing_columns(row)
-        if missing:
-            entry_id = _text(row.get("entry_id"))
-            at = f"{where} (entry {entry_id})" if entry_id else where
-            raise TakedownListError(f"{at}: missing column {missing[0]!r}")
-        yield where, row
-
-
-def _rows_parquet(path: str, fh) -> Iterator[tuple[str, dict]]:
-    try:
-        table = pq.read_table(pa.BufferReader(fh.read()))
-    except (pa.ArrowException, OSError) as err:
-        raise TakedownListError(f"{path}: not a readable parquet file ({type(err).__name__})") from None
-    names = [name.lower() for name in table.column_names]
-    missing = _missing_columns(names)
-    if missing:
-        raise TakedownListError(f"{path}: missing column {missing[0]!r}")
-    columns = {
-        name: table.column(i).to_pylist()
-        for i, name in enumerate(names) if name in LIST_COLUMNS
-    }
-    keys = list(columns)
-    for number, cells in enumerate(zip(*columns.values()), start=1):
-        yield f"{path} row {number}", dict(zip(keys, cells))
-
-
-def _rows_txt(path: str, fh) -> Iterator[tuple[str, dict]]:
-    list_id = _list_stem(path)
-    for number, line in enumerate(_lines(fh), start=1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        yield f"{path} line {number}", {
-            "list_id": list_id, "entry_id": str(number), "kind": TXT_KIND, "value": text,
-        }
-
-
-_ROW_READERS = {"csv": _rows_csv, "jsonl": _rows_jsonl, "parquet": _rows_parquet, "txt": _rows_txt}
-
-
-def load_list(path: str, list_format: str | None = None) -> list[TakedownEntry]:
-    """Every entry of one list file (local or any Beam filesystem such as gs://).
-
-    Raises TakedownListError for the first bad entry, a missing column or a duplicate
-    (list_id, entry_id), naming the file, the line (``row`` for parquet; csv counts
-    the header as line 1) and the entry id.
-    """
-    fmt = list_format_of(path, list_format)
-    entries: list[TakedownEntry] = []
-    seen: set[tuple[str, str]] = set()
-    try:
-        with FileSystems.open(path) as fh:
-            for where, fields in _ROW_READERS[fmt](path, fh):
-                entry = _entry_of(fields, where)
-                key = (entry.list_id, entry.entry_id)
-                if key in seen:
-                    raise TakedownListError(
-                        f"{where} (entry {entry.entry_id}): duplicate entry id in list {entry.list_id!r}")
-                seen.add(key)
-                entries.append(entry)
-    except TakedownListError:
-        raise
-    except (ValueError, csv.Error) as err:
-        raise TakedownListError(f"{path}: {_redacted(str(err))}") from None
-    except OSError as err:
-        raise TakedownListError(f"{path}: cannot read the list ({type(err).__name__}: "
-                                f"{_redacted(str(err))})") from None
-    return entries
 
 
 def expand_list_paths(paths: Iterable[str]) -> list[str]:
@@ -312,24 +202,6 @@ def expand_list_paths(paths: Iterable[str]) -> list[str]:
             raise TakedownListError(f"{path}: no list file matches")
         expanded.extend(found)
     return expanded
-
-
-def load_lists(paths: Iterable[str], list_format: str | None = None) -> list[TakedownEntry]:
-    """The entries of several list files (globs expanded); the same (list_id, entry_id)
-    twice is an error."""
-    entries: list[TakedownEntry] = []
-    origin: dict[tuple[str, str], str] = {}
-    for path in expand_list_paths(paths):
-        loaded = load_list(path, list_format)
-        for entry in loaded:
-            key = (entry.list_id, entry.entry_id)
-            if key in origin:
-                raise TakedownListError(
-                    f"{path} (entry {entry.entry_id}): list {entry.list_id!r} already has this "
-                    f"entry id in {origin[key]}")
-            origin[key] = path
-        entries.extend(loaded)
-    return entries
 
 
 # --------------------------------------------------------------------- writing lists
@@ -386,6 +258,21 @@ def write_list(entries: Iterable[TakedownEntry], path: str, list_format: str | N
     with FileSystems.create(path) as fh:
         fh.write(data)
 
+
+
+def load_list(path: str, list_format: str | None = None):
+    """Every entry of one list file, as an ``EntryTable`` (``list_loader.load_list``:
+    reading lives there, columns checked in bulk)."""
+    from transforms.takedown.list_loader import load_list as load
+
+    return load(path, list_format)
+
+
+def load_lists(paths: Iterable[str], list_format: str | None = None):
+    """The entries of several list files as one ``EntryTable`` (``list_loader.load_lists``)."""
+    from transforms.takedown.list_loader import load_lists as load
+
+    return load(paths, list_format)
 
 
 __all__ = [

@@ -1,6 +1,7 @@
 """The indexes behind the kinds, one interface for all of them.
 
-Every kind is served by one index type: ``ExactSet`` (a hash table, the exact kinds),
+Every kind is served by one index type: ``ExactSet`` (a hash table, the exact kinds;
+``HexExactSet``, sorted packed codes, for hex digests loaded from a list file),
 ``HammingSearch`` (``transforms.takedown.hamming``: pdq, phash) or ``CosineSearch``
 (faiss inner product: clip). Each is made by its kind (``Kind.build(values,
 thresholds)``) from the kind's list values and one threshold per entry, and answers
@@ -95,6 +96,58 @@ class ExactSet:
         return hit_rows, np.asarray(out_entries, dtype=np.int64), np.zeros(len(out_rows), dtype=np.float64)
 
 
+class HexExactSet:
+    """Exact kinds whose values are hex digests, held as packed codes (no Python object
+    per entry): the codes sorted by their first 8 bytes, a row's candidates found by
+    binary search on those and checked on every byte. Rows give hex strings (None: no
+    value), as ``HexExactKind.rows`` reads them."""
+
+    def __init__(self, codes: np.ndarray, order: np.ndarray, prefixes: np.ndarray) -> None:
+        self._codes = codes
+        self._order = order
+        self._prefixes = prefixes
+
+    @staticmethod
+    def _prefix(codes: np.ndarray) -> np.ndarray:
+        head = np.zeros((len(codes), 8), dtype=np.uint8)
+        width = min(8, codes.shape[1])
+        head[:, :width] = codes[:, :width]
+        return head.view(">u8").reshape(-1)
+
+    @classmethod
+    def build(cls, codes: np.ndarray, thresholds: Any = None, **_options) -> HexExactSet:
+        """``codes[i]``: entry i's digest as (entries, bytes) uint8."""
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        prefixes = cls._prefix(codes)
+        order = np.argsort(prefixes, kind="stable")
+        return cls(codes, order, prefixes[order])
+
+    def query(self, rows: RowValues) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from transforms.takedown.values import hex_codes
+
+        positions, keys = rows
+        if not len(self._codes):
+            return no_hits()
+        found, codes = hex_codes(list(keys), self._codes.shape[1])
+        if not len(found):
+            return no_hits()
+        prefix = self._prefix(codes)
+        lo = np.searchsorted(self._prefixes, prefix, side="left")
+        hi = np.searchsorted(self._prefixes, prefix, side="right")
+        count = hi - lo
+        if not count.any():
+            return no_hits()
+        query = np.repeat(np.arange(len(found)), count)
+        ends = np.cumsum(count)
+        slot = np.arange(int(ends[-1])) - np.repeat(ends - count, count) + np.repeat(lo, count)
+        entry = self._order[slot]
+        same = (self._codes[entry] == codes[query]).all(axis=1)
+        hit_rows = found[query[same]]
+        if positions is not None:
+            hit_rows = positions[hit_rows]
+        return hit_rows, entry[same].astype(np.int64), np.zeros(int(same.sum()), dtype=np.float64)
+
+
 class CosineSearch:
     """Embedding kinds: faiss.IndexFlatIP over unit vectors, one range search per batch.
 
@@ -135,6 +188,7 @@ __all__ = [
     "BadEntryValue",
     "CosineSearch",
     "ExactSet",
+    "HexExactSet",
     "KindIndex",
     "RowValues",
     "cosine_distance",

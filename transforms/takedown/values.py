@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 _HEX_DIGITS = re.compile(r"[0-9a-f]*")
 
@@ -84,6 +86,56 @@ def hex_codes(values: Sequence[Any], nbytes: int) -> tuple[np.ndarray, np.ndarra
             blobs.append(blob)
     codes = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), nbytes)
     return np.asarray(rows, dtype=np.int64), codes
+
+
+def _string_bytes(values: pa.Array) -> memoryview:
+    """The character bytes of a string array without nulls, all values back to back."""
+    width = 8 if pa.types.is_large_string(values.type) else 4
+    _, offsets, data = values.buffers()
+    bounds = np.frombuffer(offsets, dtype=np.int32 if width == 4 else np.int64,
+                           count=len(values) + 1, offset=values.offset * width)
+    return memoryview(data)[int(bounds[0]):int(bounds[-1])]
+
+
+def parse_hex_column(values: pa.Array, digits: int) -> tuple[np.ndarray, np.ndarray]:
+    """List cells of a hex kind in bulk: (ok, codes). ``ok[i]`` when cell i is a string
+    of exactly ``digits`` hex digits (either case, nothing around them), which
+    ``normalize_hex`` takes as it is; ``codes`` are the ok cells' bytes, (ok cells,
+    digits / 2) uint8. Other cells (blanks around a hash, wrong length, not text) are
+    left to ``normalize_hex``, one by one, which says what is wrong or normalises them."""
+    nbytes = digits // 2
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)) or digits % 2:
+        return np.zeros(len(values), dtype=bool), np.zeros((0, nbytes), dtype=np.uint8)
+    if not values.null_count and len(values):
+        width = 8 if pa.types.is_large_string(values.type) else 4
+        bounds = np.frombuffer(values.buffers()[1], dtype=np.int32 if width == 4 else np.int64,
+                               count=len(values) + 1, offset=values.offset * width)
+        if (np.diff(bounds) == digits).all():  # the usual column: one decode, which checks the digits
+            try:
+                codes = np.frombuffer(binascii.unhexlify(_string_bytes(values)), dtype=np.uint8)
+            except binascii.Error:
+                pass
+            else:
+                return np.ones(len(values), dtype=bool), codes.reshape(len(values), nbytes)
+    matched = pc.match_substring_regex(values, f"^[0-9a-fA-F]{{{digits}}}$")
+    ok = matched.fill_null(False).to_numpy(zero_copy_only=False)
+    if not ok.all():
+        values = values.filter(pa.array(ok))
+    if not len(values):
+        return ok, np.zeros((0, nbytes), dtype=np.uint8)
+    codes = np.frombuffer(binascii.unhexlify(_string_bytes(values)), dtype=np.uint8)
+    return ok, codes.reshape(len(values), nbytes)
+
+
+def hex_texts(codes: np.ndarray) -> list[str]:
+    """Packed codes back to lowercase hex, one string per row."""
+    raw = codes.tobytes().hex()
+    width = 2 * codes.shape[1]
+    return [raw[i:i + width] for i in range(0, len(raw), width)]
 
 
 # ----------------------------------------------------------------------- embeddings
@@ -155,7 +207,9 @@ __all__ = [
     "clip_to_value",
     "hamming_hex",
     "hex_codes",
+    "hex_texts",
     "hex_to_bits_uint8",
     "normalize_hex",
+    "parse_hex_column",
     "unit_rows",
 ]
