@@ -7,7 +7,7 @@ threshold, and agreement with a full scan):
   list: ~1.5 ns per (row, PDQ entry) pair on one core, so ~2 us/row at 1k entries but
   ~1.5 ms/row at 1M.
 * ``mih``: multi-index hashing. The code is cut into m disjoint substrings of w bits,
-  each with a table substring -> entries (CSR arrays: a run of entry ids per bucket).
+  each with a table substring -> entries (a run of entry ids per bucket).
   If a row is within d bits of an entry, the m substring distances sum to at most d.
   Writing d = a * m + b (0 <= b < m), some one of b + 1 chosen substrings is within a
   bits or some other one within a - 1 (else the sum would be at least d + 1; see
@@ -15,19 +15,30 @@ threshold, and agreement with a full scan):
   every entry within d; each candidate is then checked on its full code and held to
   its entry's own threshold. Probes per row grow with w and the flips, candidates per
   row shrink as n / 2^w, so the split is chosen per list (``best_plan``, by
-  ``_Plan.cost_ns``): 16 x 16 bits with 1 flip for PDQ at 31 bits up to ~100k
-  entries, 11 x 23-24 bits with 2 flips (3 tables of 2^24 buckets) at 1M. A bitmap of
-  non-empty buckets answers most probes of a sparse wide table from cache.
+  ``_Plan.cost_ns``, whose random reads cost more as the arrays outgrow the caches):
+  for PDQ at 31 bits, 16 x 16 bits with 1 flip at 3k-10k entries, 13 x 19-20 bits
+  with 2 flips (1 for some) at 100k, 11 x 23-24 bits with 2 flips at 1M and above.
+  The tables and the search loop are compiled (``hamming_kernel``: numba, no GIL):
+  a bitmap of non-empty buckets answers the probes, offsets are kept for non-empty
+  buckets only, each hit comes out once without a sort.
 
-Measured with ``scripts/bench_match.py`` (CPU time of one process on a shared 2-core
-machine, batches of 1024 rows, PDQ only, us per row; the numpy peer is a plain XOR +
-popcount scan of the whole list):
+Measured with ``scripts/bench_match.py`` (CPU time of one process on a 2-core machine
+shared with other work, load average 5-6, so +-30%; batches of 1024 rows, PDQ only,
+random codes, us per row; numpy scan: a plain XOR + popcount of the whole list; mih
+before: the same plans searched with numpy array operations instead of compiled code):
 
-    PDQ entries   flat (faiss)   mih     numpy scan
-    1k                  ~2          ~6        ~35
-    100k              ~150         ~37     ~3,000
-    1M              ~1,500         ~95    ~36,000
-    10M                            ~465              (index alone: 1.6 GB peak RSS)
+    PDQ entries   flat (faiss)   mih      mih before   numpy scan
+    1k                  ~2.8     ~2.5          ~6          ~45
+    100k                ~190     11-23         ~34       ~4,400
+    1M                ~4,400     50-67         ~106     ~43,000
+    10M                          ~225          ~465      (peak RSS 1.43 GB, 1.61 before)
+
+At 100k and 1M, before and after were run interleaved in one process (11 against 34,
+52 against 106 us/row; the same hits). The 10M index holds 305 MiB of codes, 420 MiB
+of ids (11 tables), 264 MiB of offsets and 21 MiB of bitmap and ranks (1.17 GB before:
+an offset for every bucket); its build, a counting sort per table (~30 s), needs no
+memory beyond that. The compiled code is cached on disk: a process loads it in about
+0.6 s of CPU; compiling it (the first run after an install) takes about 9 s once.
 
 faiss's own ``IndexBinaryMultiHash`` does the same lookup but was slower here (16 x 16
 bits, nflip 1: ~1.5 ms/row at 1M; 11 x 23 bits, nflip 2: ~0.45 ms/row after a 15 s
@@ -36,7 +47,7 @@ build, ~0.1 ms/row even at 1k entries). No strategy is flat in list size at d = 
 
 ``strategy="auto"`` (the default) picks, per kind, the strategy with the lower
 ``estimated_search_ns`` for that list size, code length and loosest threshold: flat
-below a few thousand PDQ entries, multi-index hashing above. Real lists are less
+below several hundred PDQ entries, multi-index hashing above. Real lists are less
 uniform than random hashes: many entries sharing one substring make that bucket a hot
 spot (slower, never a miss).
 
@@ -57,14 +68,26 @@ from transforms.takedown.search import RowValues, no_hits
 HAMMING_STRATEGIES = ("auto", "flat", "mih")
 
 # Multi-index hashing limits and cost constants (ns on one core, fitted on
-# scripts/bench_match.py runs): a probe is one bitmap lookup, a hit one probe of a
-# non-empty bucket, a candidate one full-code check.
+# scripts/bench_match.py runs of the compiled search). A probe reads one bit of the
+# bitmap, a hit (a non-empty bucket) its rank, offset and ids, a candidate its code:
+# each a random read, whose cost grows from cache-resident to main memory with the size
+# of what it reads (interpolated on log2 of the bytes, between the bounds below).
 _MAX_FLIPS = 3
 _MAX_SUBSTRING_BITS = 24
 _MAX_TABLE_BYTES = 512 << 20
-_NS_PER_PROBE = 25.0
-_NS_PER_HIT = 40.0
-_NS_PER_CANDIDATE = 55.0
+_NS_PER_PROBE = (2.0, 10.0)
+_NS_PER_HIT = (12.0, 35.0)
+_NS_PER_CANDIDATE = (12.0, 30.0)
+_NS_PER_TABLE = 10.0  # a query's key in each table
+_CACHED_BYTES, _UNCACHED_BYTES = 1 << 20, 32 << 20
+
+
+def _random_read_ns(cost: tuple[float, float], nbytes: float) -> float:
+    """A random read's cost in an array of ``nbytes``: ``cost[0]`` when it stays in cache,
+    ``cost[1]`` from main memory."""
+    span = math.log2(_UNCACHED_BYTES / _CACHED_BYTES)
+    where = min(1.0, max(0.0, math.log2(max(nbytes, 1) / _CACHED_BYTES) / span))
+    return cost[0] + where * (cost[1] - cost[0])
 
 
 class _FlatHamming:
@@ -100,13 +123,21 @@ class _Plan(NamedTuple):
     def cost_ns(self, entries: int) -> float:
         """Estimated search cost of one row against ``entries`` random codes."""
         probes = self.probes()
-        fill = [entries / (1 << w) for w in self.widths]  # entries per bucket
-        candidates = sum(p * f for p, f in zip(probes, fill))
-        hits = sum(p * -math.expm1(-f) for p, f in zip(probes, fill))  # probes of non-empty buckets
-        return sum(probes) * _NS_PER_PROBE + hits * _NS_PER_HIT + candidates * _NS_PER_CANDIDATE
+        used = [(p, w) for p, w in zip(probes, self.widths) if p]
+        fill = [entries / (1 << w) for _, w in used]  # entries per bucket
+        candidates = sum(p * f for (p, _), f in zip(used, fill))
+        hits = sum(p * -math.expm1(-f) for (p, _), f in zip(used, fill))  # probes of non-empty buckets
+        bitmap = sum(1 << w for _, w in used) / 8
+        ids = 4 * entries * len(used)
+        return (len(used) * _NS_PER_TABLE + sum(probes) * _random_read_ns(_NS_PER_PROBE, bitmap)
+                + hits * _random_read_ns(_NS_PER_HIT, ids)
+                + candidates * _random_read_ns(_NS_PER_CANDIDATE, ids))
 
-    def table_bytes(self) -> int:
-        return sum(4 * ((1 << w) + 1) for w, f in zip(self.widths, self.flips) if f >= 0)
+    def table_bytes(self, entries: int = 0) -> int:
+        """Memory of the probed tables but their ids: the bitmap and its ranks (at most 2
+        bits a bucket) and an offset per non-empty bucket (at most one per entry)."""
+        return sum((1 << w) // 4 + 4 * min(entries, 1 << w)
+                   for w, f in zip(self.widths, self.flips) if f >= 0)
 
 
 def _plans(bits: int, radius: int):
@@ -137,17 +168,8 @@ def best_plan(bits: int, radius: int, entries: int) -> _Plan | None:
     # Tables much wider than the list is long cost memory and build time for nothing.
     widest = max(8, math.ceil(math.log2(max(entries, 1))) + 4)
     plans = [p for p in _plans(bits, radius)
-             if p.table_bytes() <= _MAX_TABLE_BYTES and max(p.widths) <= widest]
+             if p.table_bytes(entries) <= _MAX_TABLE_BYTES and max(p.widths) <= widest]
     return min(plans, key=lambda p: p.cost_ns(entries), default=None)
-
-
-def _substring(words: np.ndarray, start: int, width: int) -> np.ndarray:
-    """Bits [start, start + width) of (rows, words) uint64 codes, as int64 keys."""
-    word, shift = divmod(start, 64)
-    key = words[:, word] >> np.uint64(shift)
-    if shift + width > 64:  # the rest of it from the next word's low bits
-        key = key | (words[:, word + 1] << np.uint64(64 - shift))
-    return (key & np.uint64((1 << width) - 1)).view(np.int64)
 
 
 def _as_words(codes: np.ndarray, words: int) -> np.ndarray:
@@ -162,21 +184,15 @@ def _as_words(codes: np.ndarray, words: int) -> np.ndarray:
     return codes.view("<u8").reshape(len(codes), words)
 
 
-def _popcount_rows(xor: np.ndarray) -> np.ndarray:
-    """Set bits per row of a (rows, words) uint64 array, as int64."""
-    counts = np.bitwise_count(xor)  # uint8 per word
-    total = counts[:, 0].astype(np.int64)
-    for j in range(1, counts.shape[1]):
-        total += counts[:, j]
-    return total
-
-
 class _MultiIndexHamming:
-    """Exact multi-index hashing (see the module docstring)."""
+    """Exact multi-index hashing (see the module docstring); the tables and the search
+    loop are compiled (``hamming_kernel``)."""
 
     name = "mih"
 
     def __init__(self, codes: np.ndarray, radius: int, plan: _Plan | None = None) -> None:
+        from transforms.takedown import hamming_kernel  # numba loads only where a list needs it
+
         n, nbytes = codes.shape
         plan = plan or best_plan(nbytes * 8, radius, n)
         if plan is None:
@@ -186,96 +202,39 @@ class _MultiIndexHamming:
         self._n, self._nbytes, self._words = n, nbytes, -(-nbytes // 8)
         self._codes = _as_words(codes, self._words)
         # The probed substrings, widest first: each table then starts at a multiple of
-        # its own size, so a probe's bucket is (key | table start) ^ flip, one XOR.
+        # its own size, so a probe's bucket is (key | table base) ^ flip, one XOR.
         used = sorted((j for j, f in enumerate(plan.flips) if f >= 0), key=lambda j: -plan.widths[j])
-        self._used = used
-        position_type = np.int32 if n * len(used) < 2**31 else np.int64
-        starts = list(itertools.accumulate([1 << plan.widths[j] for j in used], initial=0))
-        # _offsets[b] .. _offsets[b + 1]: the run of bucket b's entries in _ids (all tables).
-        self._offsets = np.zeros(starts[-1] + 1, dtype=position_type)
-        self._ids = np.empty(n * len(used), dtype=np.int32)
-        for slot, j in enumerate(used):
-            size = 1 << plan.widths[j]
-            column = _substring(self._codes, plan.starts[j], plan.widths[j])
-            runs = self._offsets[starts[slot] + 1:starts[slot] + size + 1]
-            np.cumsum(np.bincount(column, minlength=size), out=runs)
-            runs += slot * n
-            self._ids[slot * n:(slot + 1) * n] = np.argsort(column, kind="stable")
-            del column, runs
-        starts.pop()
-        self._table_start = np.asarray(starts, dtype=np.int32)
-        # One bit per bucket, set when it holds an entry. When most buckets are empty (wide
-        # tables) this bitmap, 1/32 of the offsets, answers most probes from cache.
-        fill = n * len(used) / max(len(self._offsets) - 1, 1)
-        if fill < 0.5:
-            self._bitmap = np.packbits(self._offsets[1:] != self._offsets[:-1], bitorder="little")
-        else:
-            self._bitmap = None
-        # Every probe of one query, flattened: which (probed) substring, which bits flipped.
-        part, mask = [], []
-        for slot, j in enumerate(used):
+        starts = [plan.starts[j] for j in used]
+        widths = [plan.widths[j] for j in used]
+        bases = list(itertools.accumulate([1 << w for w in widths], initial=0))
+        self._ids, self._bitmap, self._rank, self._starts = hamming_kernel.build_tables(
+            self._codes, starts, widths, bases[:-1], bases[-1])
+        as_int64 = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
+        self._slot_word = as_int64([s // 64 for s in starts])
+        self._slot_shift = as_int64([s % 64 for s in starts])
+        self._slot_width = as_int64(widths)
+        self._slot_base = as_int64(bases[:-1])
+        self._slot_flips = as_int64([plan.flips[j] for j in used])
+        self._slot_masks = hamming_kernel.substring_masks(starts, widths, self._words)
+        # Every probe of one table: which bits of its key are flipped.
+        masks, begin = [], [0]
+        for j in used:
             for count in range(plan.flips[j] + 1):
                 for bits in itertools.combinations(range(plan.widths[j]), count):
-                    part.append(slot)
-                    mask.append(sum(1 << b for b in bits))
-        self._probe_part = np.asarray(part, dtype=np.int64)
-        self._probe_mask = np.asarray(mask, dtype=np.int32)
-        # Queries per chunk: keep the probe arrays around 2^16 elements (cache-sized).
-        self._chunk = max(1, min(4096, (1 << 16) // len(part)))
-
-    def _keys(self, queries: np.ndarray) -> np.ndarray:
-        """(c, probed substrings) int32: each substring key with its table's start."""
-        keys = np.empty((len(queries), len(self._used)), dtype=np.int32)
-        for slot, j in enumerate(self._used):
-            keys[:, slot] = _substring(queries, self.plan.starts[j], self.plan.widths[j])
-        keys |= self._table_start
-        return keys
+                    masks.append(sum(1 << b for b in bits))
+            begin.append(len(masks))
+        self._probe_begin = as_int64(begin)
+        self._probe_mask = as_int64(masks)
 
     def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query row, entry, bits apart) of every entry within the radius, each once."""
+        from transforms.takedown.hamming_kernel import search_tables
+
         queries = _as_words(queries, self._words)
-        probes_per_query = len(self._probe_part)
-        found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for start in range(0, len(queries), self._chunk):
-            bucket = self._keys(queries[start:start + self._chunk])[:, self._probe_part]  # (c, probes)
-            bucket ^= self._probe_mask
-            bucket = bucket.reshape(-1)
-            if self._bitmap is not None:
-                occupied = self._bitmap[bucket >> 3]
-                occupied >>= (bucket & 7).astype(np.uint8)
-                occupied &= 1
-                hit = np.flatnonzero(occupied)
-                bucket = bucket[hit]
-                begin = self._offsets[bucket]
-                length = self._offsets[bucket + 1] - begin
-            else:
-                begin = self._offsets[bucket]
-                length = self._offsets[bucket + 1] - begin
-                hit = np.flatnonzero(length)
-                begin, length = begin[hit], length[hit]
-            if not len(hit):
-                continue
-            length = length.astype(np.int64)
-            ends = np.cumsum(length)
-            total = int(ends[-1])
-            # Positions of every candidate: each probe's [begin, begin + length) run.
-            pos = np.arange(total, dtype=np.int64) + np.repeat(begin - (ends - length), length)
-            cand = self._ids[pos].astype(np.int64)
-            qrow = np.repeat(hit // probes_per_query + start, length)
-            xor = np.take(self._codes, cand, axis=0)
-            xor ^= np.take(queries, qrow, axis=0)
-            dist = _popcount_rows(xor)
-            keep = np.flatnonzero(dist <= self.radius)
-            if len(keep):
-                found.append((qrow[keep], cand[keep], dist[keep]))
-        if not found:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty, empty
-        rows = np.concatenate([f[0] for f in found])
-        ids = np.concatenate([f[1] for f in found])
-        dist = np.concatenate([f[2] for f in found])
-        # A near entry can be reached through several substrings: report it once.
-        _, first = np.unique(rows * self._n + ids, return_index=True)
-        return rows[first], ids[first], dist[first]
+        return search_tables(
+            queries, self._codes, self._ids, self._bitmap, self._rank, self._starts,
+            self._slot_word, self._slot_shift, self._slot_width, self._slot_base, self._slot_flips,
+            self._slot_masks, self._probe_begin, self._probe_mask, self.radius)
 
 
 def estimated_search_ns(strategy: str, entries: int, nbytes: int, radius: int) -> float:
