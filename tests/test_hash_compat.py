@@ -67,20 +67,20 @@ def encode(img: Image.Image, fmt: str, **params) -> bytes:
     return buf.getvalue()
 
 
-def with_orientation(img: Image.Image, orientation: int) -> bytes:
-    """A JPEG stored turned so that EXIF ``orientation`` displays it as ``img``."""
+def with_orientation(img: Image.Image, orientation: int, fmt: str = "JPEG") -> bytes:
+    """A JPEG (or lossy ``fmt``) stored turned so that EXIF ``orientation`` displays it as ``img``."""
     undo = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
     exif = Image.Exif()
     exif[0x0112] = orientation
-    return encode(img.transpose(undo[orientation]), "JPEG", quality=90, exif=exif.tobytes())
+    return encode(img.transpose(undo[orientation]), fmt, quality=90, exif=exif.tobytes())
 
 
-def transparent_png(seed: int) -> bytes:
+def transparent_png(seed: int, fmt: str = "PNG") -> bytes:
     rgba = photo(seed, 600, 400).convert("RGBA")
     alpha = Image.new("L", rgba.size, 255)
     ImageDraw.Draw(alpha).ellipse([50, 50, 350, 300], fill=0)  # a hole shows the white
     rgba.putalpha(alpha)
-    return encode(rgba, "PNG")
+    return encode(rgba, fmt, **({"quality": 85} if fmt == "WEBP" else {}))
 
 
 def _cases() -> dict[str, bytes]:
@@ -106,6 +106,10 @@ def _cases() -> dict[str, bytes]:
     cases["png transparent"] = transparent_png(10)
     cases["webp 1200x800"] = encode(photo(11, 1200, 800), "WEBP", quality=85)
     cases["webp 400x300 lossless"] = encode(photo(12, 400, 300), "WEBP", lossless=True)
+    # Lossy WebPs are hashed from libwebp's Y plane; with alpha they go through Pillow.
+    cases["webp 700x1050 q50"] = encode(photo(18, 700, 1050), "WEBP", quality=50)
+    cases["webp exif orientation 6"] = with_orientation(photo(19, 1000, 750), 6, "WEBP")
+    cases["webp transparent"] = transparent_png(20, "WEBP")
     cases["gif palette"] = encode(photo(13, 500, 400).quantize(128), "GIF")
     for orientation in (3, 6, 8):
         cases[f"jpeg exif orientation {orientation}"] = with_orientation(photo(14, 1280, 960), orientation)
@@ -189,7 +193,8 @@ def test_phash_is_within_two_bits(measured):
 def test_hashes_do_not_depend_on_whether_pixels_are_kept():
     # Embedding runs decode an RGB copy too; the hashes must be the ones a hash-only
     # run computes, or an audit's matches would depend on its config.
-    for name in ("jpeg 1500x1000", "jpeg 800x600", "png rgb 900x600", "jpeg exif orientation 6", "jpeg cmyk"):
+    for name in ("jpeg 1500x1000", "jpeg 800x600", "png rgb 900x600", "jpeg exif orientation 6", "jpeg cmyk",
+                 "webp exif orientation 6", "webp transparent"):
         lean = hash_record({"status": "ok", "_body": CASES[name]})
         kept = hash_record({"status": "ok", "_body": CASES[name]}, keep_image=True)
         for column in ("pdq", "pdq_quality", "phash", "width", "height", "content_sha256"):
@@ -199,7 +204,8 @@ def test_hashes_do_not_depend_on_whether_pixels_are_kept():
 
 def test_a_photo_hashed_for_a_request_equals_the_audit():
     # laion-audit request goes through decode_image -> the copy -> pdq_of / phash_of.
-    for name in ("jpeg 2048x1536", "jpeg 640x480", "webp 1200x800", "jpeg exif orientation 8"):
+    for name in ("jpeg 2048x1536", "jpeg 640x480", "webp 1200x800", "jpeg exif orientation 8",
+                 "webp exif orientation 6"):
         data = CASES[name]
         audit = hash_record({"status": "ok", "_body": data})
         decoded = decode_image(data)

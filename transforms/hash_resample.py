@@ -98,43 +98,92 @@ def _box_runs(n_full: int, n_copy: int) -> tuple[np.ndarray, np.ndarray]:
     return first, np.maximum(last, first + 1)
 
 
-def _box_copy_then(rows: np.ndarray, n_full: int, n_copy: int) -> np.ndarray:
-    """``rows @ BOX(n_full -> n_copy)``: weights on the copy's samples carried back to the
-    full-resolution pixels. A downscaling box copy's runs tile the axis, so each pixel
-    takes its one run's weight divided by the run's length: a gather, no product."""
-    if n_copy == n_full:
-        return rows
+def _box_owners(n_full: int, n_copy: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each full-resolution pixel: the BOX copy sample whose run holds it, and the
+    weight it takes in that sample (1 / run length; 0 for a pixel no run holds). A
+    downscaling box copy's runs tile the axis, so carrying weights on the copy's samples
+    back to the pixels is a gather, no product."""
     first, last = _box_runs(n_full, n_copy)
     pixel = np.arange(n_full)
     owner = np.clip(np.searchsorted(first, pixel, side="right") - 1, 0, n_copy - 1)
     inside = (pixel >= first[owner]) & (pixel < last[owner])
-    return rows[:, owner] * (inside / (last - first)[owner])
+    return owner, inside / (last - first)[owner]
 
 
-def _to_decoded_grid(rows: np.ndarray, n_full: int, scale: int) -> np.ndarray:
-    """Weights on full-resolution pixels -> weights on a 1/scale decode's samples."""
-    if scale == 1:
-        return rows
-    n_decoded = -(-n_full // scale)
-    out = np.zeros((rows.shape[0], n_decoded))
-    for offset in range(scale):  # strided adds: far cheaper than a sum over a 2-wide axis
-        part = rows[:, offset::scale]
-        out[:, : part.shape[1]] += part
+@functools.lru_cache(maxsize=128)
+def _copy_rows_t(n_copy: int) -> np.ndarray:
+    """n_copy x 96 float32 (at most 25 MB for the whole cache), read-only: PDQ's 64 blur-and-sample rows and pHash's 32 Lanczos rows
+    on the box copy's samples, transposed. Depends on the copy's length alone (at most
+    HASH_MAX_SIDE + 1 values), so it is shared by every full length that copies to it."""
+    pdq = jarosz_rows(n_copy)
+    phash = _pillow_weights(n_copy, _PHASH_SIDE, 3.0, _lanczos_kernel)
+    out = np.ascontiguousarray(np.vstack([pdq, phash]).T, dtype=np.float32)
+    out.setflags(write=False)
     return out
 
 
-@functools.lru_cache(maxsize=64)
+def _operator(n_full: int, n_copy: int, scale: int) -> np.ndarray:
+    rows_t = _copy_rows_t(n_copy)
+    if n_copy == n_full:
+        per_pixel = rows_t
+    else:
+        owner, weight = _box_owners(n_full, n_copy)
+        per_pixel = rows_t[owner] * weight[:, None]  # n_full x 96 float64: weights on the pixels
+    if scale > 1:
+        # A 1/scale decode's sample stands for `scale` consecutive pixels: their
+        # weights summed (the last sample may stand for fewer).
+        n_decoded = -(-n_full // scale)
+        padded = np.zeros((n_decoded * scale, per_pixel.shape[1]))
+        padded[:n_full] = per_pixel
+        per_pixel = padded.reshape(n_decoded, scale, -1).sum(axis=1)
+    out = np.ascontiguousarray(per_pixel.T, dtype=np.float32)
+    out.setflags(write=False)
+    return out
+
+
+class _OperatorCache:
+    """The axis operators, least recently used first out, bounded by their bytes (not a
+    count: a 2,048-sample operator weighs eight times a 256-sample one). Web images come
+    in a few hundred sizes, so most lookups hit."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: dict[tuple[int, int, int], np.ndarray] = {}
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple[int, int, int]) -> np.ndarray:
+        found = self._entries.pop(key, None)
+        if found is not None:
+            self.hits += 1
+            self._entries[key] = found  # dicts keep insertion order: now the newest
+            return found
+        self.misses += 1
+        made = _operator(*key)
+        self._entries[key] = made
+        self._bytes += made.nbytes
+        while self._bytes > self.max_bytes and len(self._entries) > 1:
+            oldest = next(iter(self._entries))
+            self._bytes -= self._entries.pop(oldest).nbytes
+        return made
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+
+# 32 MB: some 250 operators of a typical 300-sample axis; at worst 40 of OPERATOR_MAX_SIDE.
+OPERATOR_CACHE_BYTES = 32 * 2**20
+_OPERATORS = _OperatorCache(OPERATOR_CACHE_BYTES)
+
+
 def axis_operator(n_full: int, n_copy: int, scale: int) -> np.ndarray:
     """96 x ceil(n_full / scale) float32 for one axis of full length ``n_full`` whose box
     copy has ``n_copy`` samples: rows 0..63 give PDQ's 64 samples, rows 64..95 pHash's
-    32, from the samples of a 1/scale decode. Read-only; cached, 64 entries of at most
-    96 x OPERATOR_MAX_SIDE floats each (about 50 MB at worst, a few MB typically)."""
-    pdq = jarosz_rows(n_copy)
-    phash = _pillow_weights(n_copy, _PHASH_SIDE, 3.0, _lanczos_kernel)
-    rows = _box_copy_then(np.vstack([pdq, phash]), n_full, n_copy)
-    out = np.ascontiguousarray(_to_decoded_grid(rows, n_full, scale), dtype=np.float32)
-    out.setflags(write=False)
-    return out
+    32, from the samples of a 1/scale decode. Read-only; cached (OPERATOR_CACHE_BYTES,
+    least recently used out), a miss costs about half a millisecond."""
+    return _OPERATORS.get((n_full, n_copy, scale))
 
 
 def decode_scale(full: int, decoded: int) -> int:
@@ -171,7 +220,9 @@ def perceptual_hashes(plane: np.ndarray, full_width: int, full_height: int) -> t
     small = op_h[_PDQ_SIDE:] @ across[:, _PDQ_SIDE:]  # 32 x 32, as Pillow would round it
     small = np.clip(np.rint(small), 0, 255).astype(np.float64)
     low = _DCT_8x32 @ small @ _DCT_8x32.T
-    phash = np.packbits((low > np.median(low)).reshape(-1)).tobytes().hex()
+    flat = low.reshape(-1)
+    middle = np.partition(flat, (31, 32))  # imagehash's numpy.median of the 64, without its overhead
+    phash = np.packbits(flat > (middle[31] + middle[32]) / 2).tobytes().hex()
 
     if min(copy_w, copy_h) < MIN_HASHABLE_DIM:
         return ZERO_HASH, 0, phash, None

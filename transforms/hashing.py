@@ -35,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from transforms.hash_resample import HASH_MAX_SIDE, copy_size, pdq_dihedral, perceptual_hashes
 from transforms.pdq import DIHEDRAL_NAMES, limit_blas_threads
 from transforms.row_status import StatusCounters, short_error
+from transforms.webp_luma import is_plain_lossy, webp_luma
 
 _LOG = logging.getLogger(__name__)
 
@@ -317,24 +318,46 @@ def _luma_of(img: Image.Image) -> np.ndarray:
     return np.asarray(_to_rgb(img).convert("L"))
 
 
-def _open_decoded(data: bytes, max_pixels: int, mode: str | None,
-                  min_side: int) -> tuple[Image.Image, str, str | None, int, int]:
-    img, fmt, mime = _open_checked(data, max_pixels)
+def _drafted_upright(img: Image.Image, fmt: str, mime: str | None, mode: str | None,
+                     min_side: int) -> tuple[Image.Image, int, int]:
     full = img.size
     try:
         _draft(img, fmt, mode, min_side)
     except Exception as err:
         raise ImageDecodeError(short_error(err), mime=mime, width=full[0], height=full[1]) from None
-    img, width, height = _load_upright(img, mime, full)
-    return img, fmt, mime, width, height
+    return _load_upright(img, mime, full)
+
+
+def _has_own_plane(fmt: str, data: bytes) -> bool:
+    """Formats whose plane is decoded apart from any RGB copy: a JPEG's Y channel, a plain
+    lossy WebP's Y plane (transforms/webp_luma.py)."""
+    return fmt in ("JPEG", "MPO") or (fmt == "WEBP" and is_plain_lossy(data))
+
+
+def _webp_plane(img: Image.Image, data: bytes, fmt: str, mime: str | None) -> DecodedPlane | None:
+    """A plain lossy WebP's plane from libwebp's Y, turned upright; None: use Pillow."""
+    plane = webp_luma(data) if fmt == "WEBP" and img.mode == "RGB" else None
+    if plane is None or plane.shape != (img.size[1], img.size[0]):
+        return None
+    width, height = img.size
+    orientation = _exif_orientation(img)  # WebP's EXIF is read at open: no decode
+    if orientation in _ORIENTATION_TRANSPOSES:
+        plane = np.asarray(Image.fromarray(plane, "L").transpose(_ORIENTATION_TRANSPOSES[orientation]))
+        if orientation in _SWAPPING_ORIENTATIONS:
+            width, height = height, width
+    return DecodedPlane(luma=plane, format=fmt, mime=mime, width=width, height=height)
 
 
 def decode_luma(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedPlane:
     """Decode only the luminance plane the hashes read (EXIF orientation applied). A
     colour JPEG is decoded to its Y channel at the largest DCT scale leaving
-    PLANE_MIN_SIDE px, the cheapest decode there is; width and height are the full size
-    as displayed. Raises as ``decode_image`` does."""
-    img, fmt, mime, width, height = _open_decoded(data, max_pixels, "L", PLANE_MIN_SIDE)
+    PLANE_MIN_SIDE px, a plain lossy WebP to its Y plane, the cheapest decodes there
+    are; width and height are the full size as displayed. Raises as ``decode_image``."""
+    img, fmt, mime = _open_checked(data, max_pixels)
+    webp = _webp_plane(img, data, fmt, mime)
+    if webp is not None:
+        return webp
+    img, width, height = _drafted_upright(img, fmt, mime, "L", PLANE_MIN_SIDE)
     luma = _converted(_luma_of, img, mime, width, height)
     return DecodedPlane(luma=luma, format=fmt, mime=mime, width=width, height=height)
 
@@ -350,9 +373,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     displayed (after EXIF orientation). The image is a ``HashedImage``: it carries the
     luminance plane ``decode_luma`` gives, so its hashes are the audit's.
     """
-    img, fmt, mime, width, height = _open_decoded(data, max_pixels, None, HASH_MAX_SIDE)
+    img, fmt, mime = _open_checked(data, max_pixels)
+    img, width, height = _drafted_upright(img, fmt, mime, None, HASH_MAX_SIDE)
     rgb = _converted(_to_rgb, img, mime, width, height)
-    if fmt in ("JPEG", "MPO"):
+    if _has_own_plane(fmt, data):
         luma = decode_luma(data, max_pixels).luma  # the plane exactly as the audit reads it
     else:
         # From the RGB copy just made (its own _to_rgb is a no-op), not a second conversion.
