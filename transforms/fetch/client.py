@@ -79,6 +79,16 @@ def _host(url: URL) -> str:
     return (url.raw_host or "").lower()
 
 
+def _length_bounded(response: aiohttp.ClientResponse) -> bool:
+    """The body is exactly the declared Content-Length: not chunked, not compressed (what
+    a compressed body inflates to is not bounded by its length)."""
+    headers = response.headers
+    if aiohttp.hdrs.TRANSFER_ENCODING in headers:
+        return False
+    encoding = headers.get(aiohttp.hdrs.CONTENT_ENCODING)
+    return encoding is None or encoding.strip().lower() in ("", "identity")
+
+
 async def _read_response(
     response: aiohttp.ClientResponse, url: URL, settings: FetchSettings
 ) -> FetchResult | _Redirect | _Retryable:
@@ -118,7 +128,14 @@ async def _read_response(
             "too_large", error=f"Content-Length {declared} > {settings.max_bytes}", **known
         )
 
-    body = bytearray()
+    if declared is not None and _length_bounded(response):
+        # The parser stops at Content-Length (checked against the cap above), so the body
+        # is read whole, into one buffer, without a chunk loop or a second copy.
+        whole = await response.read()
+        if not whole:
+            return FetchResult("not_image", error="empty body", **known)
+        return FetchResult("ok", body=whole, **known)
+    body = bytearray()  # no length, or compressed: what it inflates to is capped as it comes
     async for chunk in response.content.iter_chunked(_READ_CHUNK):
         body += chunk
         if len(body) > settings.max_bytes:
