@@ -18,12 +18,15 @@ on the same URL list, each contender as a whole process tree (start-up included)
       --disallowed_header_directives '[]' (it still writes every image to disk and
       computes its default SHA-256);
   (b) `laion-audit run`: fetch, decode, MD5/SHA-256, pHash, PDQ, match against a
-      100k-entry PDQ list, decide, audit table; embedding off;
+      100k-entry PDQ list, decide, audit table; embedding off; the default runner
+      (FnApiRunner in this process: one Beam SDK, one takedown index);
+  (b2) the same on two SDK worker processes (configs/local.yaml's runner), unless
+      --skip-two-processes: both cores hash, each process pays its own start-up;
   (c) `laion-audit rematch` of (b)'s audit against the same list (no network).
 
 For each: rows/s (wall), core-ms per row (user + sys CPU of the process and all its
 children, from wait4, divided by rows) and peak RSS (the sum over the process tree,
-sampled every 50 ms from /proc). Prints (b)'s per-core ratio to (a). On a shared
+sampled every 50 ms from /proc). Prints (b)'s and (b2)'s per-core ratios to (a). On a shared
 machine core-ms per row is the figure to trust; wall rows/s moves with the neighbours.
 """
 from __future__ import annotations
@@ -267,16 +270,21 @@ takedown:
   lists: [{listfile}]
 embedding: {{enabled: false}}
 runner:
-  name: FnApiRunner
-  options: {{direct_running_mode: multi_processing, direct_num_workers: 2}}
+{runner}
 """
+# (b): the runner a config without a runner section gets (FnApiRunner, in this process).
+# (b2): the same with two SDK worker processes (configs/local.yaml's choice): both cores
+# hash, at the price of a Beam SDK, gRPC and a takedown index in each process.
+IN_PROCESS = "  name: FnApiRunner"
+TWO_PROCESSES = "  name: FnApiRunner\n  options: {direct_running_mode: multi_processing, direct_num_workers: 2}"
 
 
-def run_audit(dataset: Path, listfile: Path, n: int) -> tuple[dict, Path]:
-    out = DATA / "out-audit"
+def run_audit(dataset: Path, listfile: Path, n: int, runner: str = IN_PROCESS,
+              name: str = "out-audit") -> tuple[dict, Path]:
+    out = DATA / name
     shutil.rmtree(out, ignore_errors=True)
-    config = DATA / "bench-audit.yaml"
-    config.write_text(AUDIT_CONFIG.format(dataset=dataset, out=out, listfile=listfile))
+    config = DATA / f"bench-{name}.yaml"
+    config.write_text(AUDIT_CONFIG.format(dataset=dataset, out=out, listfile=listfile, runner=runner))
     result = timed([str(BIN / "laion-audit"), "run", str(config), "--fresh", "-q"])
     summary = json.loads((out / "report" / "summary.json").read_text())
     if summary["status"].get("ok") != n:
@@ -299,6 +307,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=3000, help="images in the run (default 3000)")
     parser.add_argument("--skip-peer", action="store_true", help="leave img2dataset out")
+    parser.add_argument("--skip-two-processes", action="store_true", help="leave (b2) out")
     args = parser.parse_args()
 
     n = args.rows
@@ -320,6 +329,9 @@ def main() -> None:
             results["(a) img2dataset, resize off, 2 proc x 64 threads, files"] = run_peer(peer_urls, n)
         audit, audit_out = run_audit(dataset, listfile, n)
         results["(b) laion-audit run: fetch, hashes, match 100k PDQ, audit"] = audit
+        if not args.skip_two_processes:
+            results["(b2) the same, 2 SDK worker processes"] = run_audit(
+                dataset, listfile, n, TWO_PROCESSES, "out-audit-2proc")[0]
         results["(c) laion-audit rematch of (b) against the same list"] = run_rematch(audit_out, listfile)
     finally:
         server.terminate()
@@ -336,11 +348,11 @@ def main() -> None:
         print(f"{name:<60} {r['wall']:7.1f} {n / r['wall']:8.1f} {1000 * r['cpu'] / n:12.2f} "
               f"{r['rss'] / 2**20:13.0f}")
     peer = results.get("(a) img2dataset, resize off, 2 proc x 64 threads, files")
-    if peer:
-        ratio = peer["cpu"] / audit["cpu"]
-        print(f"(b) vs (a) per core: {ratio:.2f}x img2dataset's rows per core-second "
-              f"(core-ms/row {1000 * audit['cpu'] / n:.2f} vs {1000 * peer['cpu'] / n:.2f}); "
-              f"wall rows/s {peer['wall'] / audit['wall']:.2f}x")
+    for label, ours in (("(b)", audit), ("(b2)", results.get("(b2) the same, 2 SDK worker processes"))):
+        if peer and ours:
+            print(f"{label} vs (a) per core: {peer['cpu'] / ours['cpu']:.2f}x img2dataset's rows per core-second "
+                  f"(core-ms/row {1000 * ours['cpu'] / n:.2f} vs {1000 * peer['cpu'] / n:.2f}); "
+                  f"wall rows/s {peer['wall'] / ours['wall']:.2f}x")
 
 
 if __name__ == "__main__":
