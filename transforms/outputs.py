@@ -46,7 +46,7 @@ class RecordsToTables(beam.PTransform):
             records
             | "AuditRows" >> beam.Map(audit_row)
             | "Batch" >> beam.BatchElements(min_batch_size=self._rows, max_batch_size=self._rows)
-            | "ToTable" >> beam.Map(_to_table)
+            | "ToTable" >> beam.Map(_to_table).with_output_types(pa.Table)
         )
 
 

@@ -23,6 +23,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import paths
+from transforms.table_coder import ArrowTableCoder  # noqa: F401 (registers the pa.Table coder)
 from transforms.report_counts import (  # the report's numbers, summed like the counts
     ReportCountsFn,
     add_tallies,
@@ -96,6 +97,7 @@ def review_table(table: pa.Table) -> pa.Table:
     return review.select(REVIEW_SCHEMA.names).cast(REVIEW_SCHEMA)
 
 
+@beam.typehints.with_output_types(pa.Table)
 class _CountAudited(beam.DoFn):
     """Beam's count of the rows on their way into audit/, in all and per status."""
 
@@ -111,6 +113,7 @@ class _CountAudited(beam.DoFn):
         yield table
 
 
+@beam.typehints.with_output_types(pa.Table)
 class _Rebatch(beam.DoFn):
     """Tables -> tables of at least `min_bytes` (a bundle's last one smaller). The sink
     writes each table as one row group (up to a million rows), so audit/ keeps row groups
@@ -215,8 +218,8 @@ class WriteReview(beam.PTransform):
     def expand(self, tables):
         return (
             tables
-            | "ReviewRows" >> beam.Map(review_table)
-            | "NonEmpty" >> beam.FlatMap(_non_empty)
+            | "ReviewRows" >> beam.Map(review_table).with_output_types(pa.Table)
+            | "NonEmpty" >> beam.FlatMap(_non_empty).with_output_types(pa.Table)
             # A table holds a few review rows at most: merged, they make real row groups.
             | "Rebatch" >> beam.ParDo(_Rebatch())
             | "WriteReview" >> _parquet_tables(self._prefix, REVIEW_SCHEMA)
