@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.config import AuditConfig, ConfigError, policy_names
@@ -33,10 +36,9 @@ from pipelines.manifest import (
     package_version,
     write_manifest,
 )
+from pipelines.progress import FLUSH_S, CountProgress
 from pipelines.runners import make_pipeline
 from transforms.captions import FlagCaptions
-from transforms.fetch import Fetch
-from transforms.hashing import HashImages
 from transforms.policy import DecideAction
 from transforms.outputs import RecordsToTables, WriteOutputs
 from transforms.paths import absolute, local_only
@@ -114,6 +116,32 @@ def audit_manifest(config: AuditConfig, plan: AuditPlan) -> RunManifest:
     )
 
 
+# Set to "0" to audit on records even where tables would do (benchmarks and tests
+# compare the two paths on the same config).
+TABLES_ENV = "LAION_AUDIT_TABLES"
+
+
+def records_only_reason(config: AuditConfig) -> str | None:
+    """Why this audit must run on records (one dict per row) rather than on tables
+    (transforms/table_audit.py); None when tables do. Tables cover a fetch-off audit:
+    read, not_fetched, caption flags, takedown lists, policies and the output tail.
+    What needs a row at a time stays on records: fetching and hashing; embeddings,
+    LAION's precomputed ones included, and the classifier they feed (attached by row
+    position, scored per batch of records); dataset.previous_audit (a join of records
+    by url_sha256); writing embeddings."""
+    if config.fetch.enabled:
+        return "fetch.enabled"
+    if config.embedding.enabled or config.embedding.precomputed:
+        return "embedding"
+    if config.dataset.previous_audit:
+        return "dataset.previous_audit"
+    if config.output.write_embeddings:
+        return "output.write_embeddings"
+    if os.environ.get(TABLES_ENV) == "0":
+        return TABLES_ENV
+    return None
+
+
 def build_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan | None = None,
                 group=None) -> None:
     """The audit's stages on `pipeline`. `group` (pipelines.local_driver.Group): audit
@@ -123,6 +151,8 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan | 
     paths, spec, names = plan.paths, plan.spec, plan.policy_names
     # Columns and formats are checked on this machine, before any work is launched.
     check_dataset(local_only(paths), spec)
+    if records_only_reason(config) is None:
+        return _build_table_audit(pipeline, config, plan, group)
     out = config.output.path
 
     rows = pipeline | "Read" >> ReadDataset(paths, spec, units=group.units if group else None)
@@ -147,6 +177,10 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan | 
         share = [group.previous] if group is not None and group.previous else None
         records, reused = records | "ReusePrevious" >> ReuseAudited.from_config(config, previous=share)
     if config.fetch.enabled:
+        # Imported here: aiohttp and the image stack cost a fetch-off audit start-up time.
+        from transforms.fetch import Fetch
+        from transforms.hashing import HashImages
+
         records = (
             records
             | "Fetch" >> Fetch.from_config(config.fetch)
@@ -194,6 +228,50 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan | 
     (tables, rows_in) | "WriteOutputs" >> WriteOutputs(
         out, dataset=list(group.clean_files) if group else paths, spec=spec, num_shards=config.output.num_shards,
         summary_extra={"model_warning": warning} if warning else None,
+        part_prefix=group.prefix if group else "", summary_file=group.counts_file if group else None,
+        sources=group.sources if group else None,
+    )
+
+
+class _CountProgressTables(CountProgress):
+    """CountProgress on tables of audit rows."""
+
+    def process(self, table):
+        self._rows += table.num_rows
+        self._ok += pc.sum(pc.equal(table.column("status"), "ok")).as_py() or 0
+        now = time.monotonic()
+        if now - self._written >= FLUSH_S:
+            self._flush(now)
+        return ()
+
+
+def _build_table_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan, group) -> None:
+    """build_audit for an audit on tables of audit rows (records_only_reason is None):
+    the same stages, each a table (a read block, thousands of rows) at a time, and the
+    same output tail. No Reshuffle after the read: the read units are spread already
+    (ReadDataset's SpreadUnits), and a table's work is milliseconds."""
+    from transforms.table_audit import DecideTables, MatchTakedownTables, mark_not_fetched_table, row_count
+
+    paths, spec = plan.paths, plan.spec
+    rows = pipeline | "Read" >> ReadDataset(paths, spec, units=group.units if group else None, tables=True)
+    tables = rows | "NotFetched" >> beam.Map(mark_not_fetched_table).with_output_types(pa.Table)
+    tables = tables | "FlagCaptions" >> FlagCaptions(tables=True)
+    if config.takedown.lists:
+        from transforms.takedown import IndexSpec
+
+        index_spec = IndexSpec(paths=tuple(config.takedown.lists), thresholds=config.takedown.thresholds())
+        tables = tables | "MatchTakedown" >> beam.ParDo(MatchTakedownTables(index_spec))
+    tables = tables | "Decide" >> beam.ParDo(
+        DecideTables(config.policy.remove_if, config.policy.review_if, plan.policy_names))
+    from pipelines.progress import active_folder
+
+    counts = active_folder() if group is not None else None
+    if counts is not None:  # a local run's live progress line
+        tables | "Progress" >> beam.ParDo(_CountProgressTables(counts))
+    rows_in = rows | "RowsIn" >> beam.Map(row_count) | "SumRows" >> beam.CombineGlobally(sum)
+    (tables, rows_in) | "WriteOutputs" >> WriteOutputs(
+        config.output.path, dataset=list(group.clean_files) if group else paths, spec=spec,
+        num_shards=config.output.num_shards,
         part_prefix=group.prefix if group else "", summary_file=group.counts_file if group else None,
         sources=group.sources if group else None,
     )

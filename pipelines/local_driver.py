@@ -4,7 +4,8 @@ Beam's local runners (FnApiRunner, DirectRunner, PortableRunner on an embedded j
 server) hold in memory everything that crosses a Reshuffle or GroupByKey: about 2 KB per
 row, so one pipeline over a whole dataset grows with the dataset. A local audit is
 therefore run as one small pipeline per *group*: consecutive read units (parquet
-row-group ranges, a text file whole) of about `runner.local_group_rows` rows. Distributed
+row-group ranges, a text file whole) of about `runner.local_group_rows` rows (an audit
+on tables of rows, holding far less per row, defaults to TABLE_GROUP_ROWS). Distributed
 runners (Dataflow, Flink, ...) keep running one pipeline (pipelines/audit.py).
 
 Each group writes its own part of the outputs, under its own names:
@@ -67,6 +68,24 @@ def is_local_runner(runner) -> bool:
     if runner.name in LOCAL_RUNNERS:
         return True
     return runner.name == "PortableRunner" and (runner.options or {}).get("job_endpoint") == "embed"
+
+
+# Rows per group of an audit on tables (pipelines.audit.records_only_reason is None)
+# unless runner.local_group_rows is set: such a pipeline holds a table or two at a time
+# whatever its group's size (nothing of a row crosses a shuffle), so the limit is what a
+# killed run redoes and each group's start (about half a second of Beam per pipeline).
+TABLE_GROUP_ROWS = 1_000_000
+
+
+def group_rows(config: AuditConfig) -> int:
+    """Rows per group: runner.local_group_rows as set, else its default for records
+    and TABLE_GROUP_ROWS for an audit on tables."""
+    from pipelines.audit import records_only_reason
+
+    runner = config.runner
+    if "local_group_rows" in runner.model_fields_set or records_only_reason(config) is not None:
+        return runner.local_group_rows
+    return TABLE_GROUP_ROWS
 
 
 def drives(config: AuditConfig) -> bool:
@@ -322,7 +341,7 @@ def run_local_audit(config: AuditConfig, plan, fresh: bool = False, progress=Non
 
     started = time.monotonic()
     out = config.output.path
-    groups = plan_groups(plan.paths, plan.spec, out, config.runner.local_group_rows)
+    groups = plan_groups(plan.paths, plan.spec, out, group_rows(config))
     # Everything the config names is read before any output is touched: a config error
     # leaves a previous run's outputs as they were.
     first = _build_group(config, plan, groups[0])

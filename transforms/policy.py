@@ -39,6 +39,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from transforms.records import ACTIONS, STATUSES
@@ -456,6 +459,58 @@ def decide(record: Record, remove_policies: Sequence[Policy],
     if review:
         return "review", review
     return "keep", []
+
+
+# The only columns a decision reads (see the record access functions above).
+DECISION_COLUMNS = ("status", "labels", "caption_flags", "matches", "scores")
+_REASONS_TYPE = pa.list_(pa.string())
+
+
+def _joined(column: pa.Array, separator: str) -> pa.Array:
+    # A list of names as one string; "\x00" stands for a null list (never a name's text).
+    return pc.fill_null(pc.binary_join(column, separator), "\x00")
+
+
+def decide_table(table: pa.Table, remove_policies: Sequence[Policy],
+                 review_policies: Sequence[Policy]) -> tuple[pa.Array, pa.Array]:
+    """`decide` for every row of a table of audit rows: (action, reasons) columns.
+
+    A decision reads only DECISION_COLUMNS. Rows with takedown matches or scores are
+    decided one by one; every other row's decision is a function of its status, labels
+    and caption flags, so it is made once per distinct combination of those and spread
+    back column-wise."""
+    n = table.num_rows
+    columns = {name: table.column(name).combine_chunks() for name in DECISION_COLUMNS}
+    own = pc.or_(pc.fill_null(pc.greater(pc.list_value_length(columns["matches"]), 0), False),
+                 pc.is_valid(columns["scores"])).to_numpy(zero_copy_only=False)
+    key = pc.binary_join_element_wise(
+        pc.fill_null(columns["status"], "\x00"), _joined(columns["labels"], "\x1f"),
+        _joined(columns["caption_flags"], "\x1f"), "\x1e")
+    encoded = key.dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    groups = len(encoded.dictionary)
+    first = np.empty(groups, dtype=np.int64)
+    first[codes[::-1]] = np.arange(n - 1, -1, -1, dtype=np.int64)  # the last write wins: each group's first row
+    shown = pa.table({name: columns[name] for name in DECISION_COLUMNS})
+    actions: list[str] = []
+    reasons: list[list[str]] = []
+    for record in shown.take(pa.array(first)).to_pylist():
+        record["matches"], record["scores"] = [], None  # what every row of the group has
+        action, why = decide(record, remove_policies, review_policies)
+        actions.append(action)
+        reasons.append(why)
+    rows = np.flatnonzero(own)
+    for record in shown.take(pa.array(rows)).to_pylist():
+        action, why = decide(record, remove_policies, review_policies)
+        actions.append(action)
+        reasons.append(why)
+    # Each row's index into the decisions above: its group's, or its own.
+    codes = codes.astype(np.int64)
+    codes[rows] = groups + np.arange(rows.size, dtype=np.int64)
+    indices = pa.array(codes)
+    action_column = pa.array(actions, pa.string()).take(indices)
+    reasons_column = pa.array(reasons, _REASONS_TYPE).take(indices)
+    return action_column, reasons_column
 
 
 class _DecideAction(beam.DoFn):
