@@ -307,6 +307,96 @@ def test_parquet_errors_name_their_row_across_batches(tmp_path, small_chunks):
     assert "row 26 (entry e25): pdq value must be 64 hex digits, found non-hex characters" in message
 
 
+def _jsonl(tmp_path, rows: list[dict]) -> str:
+    path = tmp_path / "list.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("kind, bad, message", [
+    ("pdq", 5, "pdq value must be a string of 64 hex digits, got int"),
+    ("md5", 2**70, "md5 value must be a string of 32 hex digits, got int"),  # too big for Arrow
+    ("sha256", [1], "sha256 value must be a string of 64 hex digits, got list"),
+    ("url", 5, "url value must be a string, got int"),
+    ("clip", 2.5, "clip value must be a base64 string, got float"),
+])
+def test_a_jsonl_value_of_another_type_is_named_as_one_row_at_a_time(tmp_path, small_chunks, kind, bad, message):
+    rng = np.random.default_rng(13)
+    good = {"pdq": lambda: hexes(rng, 1, 32)[0], "md5": lambda: hexes(rng, 1, 16)[0],
+            "sha256": lambda: hexes(rng, 1, 32)[0], "url": lambda: f"http://example.com/{rng.integers(1e9)}",
+            "clip": lambda: clip_to_value(rng.normal(size=4))}[kind]
+    rows = [{"list_id": "l", "entry_id": f"e{i}", "kind": kind, "value": good()} for i in range(20)]
+    rows[9]["value"] = bad  # the second chunk of 7 rows
+    path = _jsonl(tmp_path, rows)
+    assert same_outcome(path, "jsonl") == f"{path} line 10 (entry e9): {message}"
+    rows = [{"list_id": "l", "entry_id": 1, "kind": kind, "value": bad}]  # the only row
+    path = _jsonl(tmp_path, rows)
+    assert same_outcome(path, "jsonl") == f"{path} line 1 (entry 1): {message}"
+
+
+def test_jsonl_numbers_mixing_ints_and_floats_keep_their_text(tmp_path, small_chunks):
+    rng = np.random.default_rng(14)
+    values = hexes(rng, 6, 32)
+    rows = [
+        {"list_id": 1, "entry_id": 1, "kind": "pdq", "value": values[0], "reason": [1, 2]},
+        {"list_id": 1.5, "entry_id": 2.5, "kind": "pdq", "value": values[1], "reason": [2.5]},
+        {"list_id": 1, "entry_id": None, "kind": "pdq", "value": values[2], "reason": {"a": 1}},
+        {"list_id": 1, "entry_id": 3.0, "kind": "pdq", "value": values[3], "reason": {"b": 2}},
+        {"list_id": 1, "entry_id": True, "kind": "pdq", "value": values[4], "max_distance": 3},
+        {"list_id": 1, "entry_id": 2**70, "kind": "pdq", "value": values[5], "max_distance": 4.5},
+    ]
+    rows[2]["entry_id"] = 7
+    path = _jsonl(tmp_path, rows)
+    entries = same_outcome(path, "jsonl")
+    assert [(e.list_id, e.entry_id) for e in entries] == [
+        ("1", "1"), ("1.5", "2.5"), ("1", "7"), ("1", "3.0"), ("1", "True"), ("1", str(2**70))]
+    assert [e.reason for e in entries[:4]] == ["[1, 2]", "[2.5]", "{'a': 1}", "{'b': 2}"]
+    assert [e.max_distance for e in entries[4:]] == [3.0, 4.5]
+    nan_id = tmp_path / "nan.jsonl"  # JSON's NaN among ints: a missing id, as ever
+    nan_id.write_text('{"list_id": "l", "entry_id": 1, "kind": "pdq", "value": "%s"}\n'
+                      '{"list_id": "l", "entry_id": NaN, "kind": "pdq", "value": "%s"}\n' % tuple(values[:2]))
+    assert same_outcome(str(nan_id), "jsonl") == f"{nan_id} line 2: missing entry_id"
+
+
+def test_a_lone_surrogate_in_a_jsonl_cell_loads_as_its_escape(tmp_path, small_chunks):
+    rng = np.random.default_rng(15)
+    values = hexes(rng, 12, 32)
+    rows = [{"list_id": "l", "entry_id": f"e{i}", "kind": "pdq", "value": v} for i, v in enumerate(values)]
+    rows[8]["reason"] = "\ud800"  # JSON "\ud800": text UTF-8 cannot hold
+    rows[9].update(list_id="l\udfff", entry_id="e\ud800")
+    rows[10].update(entry_id="e\ud801")  # another lone surrogate: another entry
+    rows.append({"list_id": "l", "entry_id": "u", "kind": "url", "value": "http://example.com/x\ud800"})
+    path = _jsonl(tmp_path, rows)
+    entries = list(load_list(path))
+    expected = reference_load(path, "jsonl")
+    assert [e.value for e in entries] == [e.value.replace("\ud800", "\\ud800") for e in expected]
+    assert [(e.list_id, e.entry_id, e.reason) for e in entries[8:11]] == [
+        ("l", "e8", "\\ud800"), ("l\\udfff", "e\\ud800", None), ("l", "e\\ud801", None)]
+    assert entries[:8] == expected[:8] and entries[-1].value == "http://example.com/x\\ud800"
+    rows[3]["value"] = values[3][:-1] + "\ud800"  # in a hex value: that row's own error
+    path = _jsonl(tmp_path, rows)
+    assert same_outcome(path, "jsonl") == (f"{path} line 4 (entry e3): pdq value must be 64 hex digits, "
+                                           f"found non-hex characters")
+
+
+def test_tables_concatenated_keep_every_entry_kind(tmp_path):
+    rng = np.random.default_rng(16)
+    loaded_entries = [TakedownEntry("a", "1", "pdq", hexes(rng, 1, 32)[0]),
+                      TakedownEntry("a", "2", "md5", hexes(rng, 1, 16)[0])]
+    path = str(tmp_path / "a.parquet")
+    write_list(loaded_entries, path)
+    given = [TakedownEntry("b", "1", "PDQ", hexes(rng, 1, 32)[0]),  # a kind as an object spells it
+             TakedownEntry("b", "2", "md5", hexes(rng, 1, 16)[0])]
+    for tables in ([load_list(path), EntryTable.from_entries(given)], [EntryTable.from_entries(given), load_list(path)]):
+        joined = EntryTable.concat(tables)
+        assert list(joined) == [e for t in tables for e in t]
+        assert {e.kind for e in joined} == {"pdq", "md5", "PDQ"}
+        got = TakedownIndex(joined).match_columns({"pdq": [given[0].value, loaded_entries[0].value],
+                                                   "content_md5": [loaded_entries[1].value, given[1].value]})
+        assert [sorted((m["list_id"], m["entry_id"]) for m in row) for row in got] == [
+            [("a", "2"), ("b", "1")], [("a", "1"), ("b", "2")]]
+
+
 def test_a_list_id_in_two_files_is_refused_across_formats(tmp_path):
     rng = np.random.default_rng(8)
     txt = tmp_path / "shared.txt"
@@ -342,7 +432,10 @@ def test_matches_are_those_of_the_same_entries_as_objects(tmp_path):
     columns = {
         "pdq": [pdq[i % len(pdq)].value if i % 3 else hexes(rng, 1, 32)[0] for i in range(300)],
         "pdq_quality": [None if i % 4 else 90 for i in range(300)],
-        "content_md5": [md5[i % len(md5)].upper() if i % 5 == 0 else None for i in range(300)],
+        # A blank inside a digest: no match, as a string comparison has it.
+        "content_md5": [md5[i % len(md5)].upper() if i % 5 == 0 else
+                        md5[i % len(md5)][:16] + " " + md5[i % len(md5)][16:] if i % 5 == 1 else None
+                        for i in range(300)],
         "content_sha256": [sha[i % len(sha)] if i % 7 == 0 else "zz" for i in range(300)],
         "url": [f"http://EXAMPLE.com/p/{i}?a=b" if i % 2 else None for i in range(300)],
         "url_sha256": [None] * 300,

@@ -106,20 +106,37 @@ def _lines(fh) -> Iterator[str]:
         yield line
 
 
-def _columns_of(cells: dict[str, list]) -> dict[str, Any]:
-    """Parsed cells as Arrow columns (types inferred; csv cells are all text)."""
+# The Python types of a jsonl column (None aside) that Arrow's inference gives back as
+# parsed, when a column holds only one of them.
+_INFERRED_TYPES = frozenset({str, int, float, bool})
+
+
+def _columns_of(cells: dict[str, list], typed: bool = True) -> dict[str, Any]:
+    """Parsed cells as Arrow columns, types inferred (``typed``: jsonl cells; csv cells
+    are all text). A column Arrow would not give back cell for cell stays Python cells
+    (``_PyCells``), each checked alone as it was parsed: one mixing Python types (ints
+    with floats would become floats, 1 read as "1.0"), nested values (a struct fills in
+    missing keys), an int over 64 bits, a lone surrogate (a JSON ``\\ud800`` escape,
+    which UTF-8 text cannot hold)."""
     columns: dict[str, Any] = {}
     for name, values in cells.items():
+        if typed:
+            types = set(map(type, values))
+            types.discard(type(None))
+            if len(types) > 1 or not types <= _INFERRED_TYPES:
+                columns[name] = _PyCells(values)
+                continue
         try:
             columns[name] = pa.array(values)
-        except (pa.ArrowException, OverflowError, TypeError):
-            columns[name] = _PyCells(values)  # mixed types (jsonl): checked cell by cell
+        except (pa.ArrowException, OverflowError, TypeError, UnicodeEncodeError):
+            columns[name] = _PyCells(values)
     return columns
 
 
 class _PyCells:
-    """A column of Python cells of mixed types: the few operations the checks use, so
-    that every such cell goes to ``_entry_of`` as it was parsed."""
+    """A column of Python cells not held as Arrow (``_columns_of``): the few operations
+    the checks use, so that every such cell goes to ``_entry_of`` as it was parsed. Not
+    an Arrow array: the bulk checks leave it alone."""
 
     def __init__(self, values: list) -> None:
         self._values = values
@@ -179,7 +196,7 @@ def _chunks_csv(path: str, fh) -> Iterator[_Chunk]:
             stop = TakedownListError(f"{path}: {_redacted(str(err))}")
         if lines or stop:
             numbers = np.asarray(lines, dtype=np.int64)
-            yield _Chunk(_columns_of(cells), len(lines),
+            yield _Chunk(_columns_of(cells, typed=False), len(lines),
                          lambda i, numbers=numbers: f"{path} line {numbers[i]}", stop)
         if stop or len(lines) < CHUNK_ROWS:
             return

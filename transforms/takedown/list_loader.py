@@ -184,6 +184,9 @@ def _parse_chunk(chunk: _Chunk) -> _Parsed:
     values: dict[str, tuple[np.ndarray, Any]] = {}
     for code, name in enumerate(kinds):
         rows = np.flatnonzero((kind_code == code) & ok)
+        if isinstance(cols["value"], _PyCells):  # not Arrow (parse_values takes Arrow): each row alone
+            ok[rows] = False
+            continue
         good, stored = kind_of(name).parse_values(cols["value"].take(pa.array(rows)))
         ok[rows[~good]] = False
         values[name] = (rows[good], stored)
@@ -220,7 +223,7 @@ def _parse_rows(chunk: _Chunk) -> _Parsed:
     values = {}
     for code, name in enumerate(kinds):
         rows = np.flatnonzero(kind_code == code)
-        texts = pa.array([entries[i].value for i in rows.tolist()], pa.string())
+        texts = _arrow_text([entries[i].value for i in rows.tolist()])
         good, stored = kind_of(name).parse_values(texts)
         if not good.all():  # a normalised value its kind's bulk parser refuses: its own error
             row = int(rows[np.flatnonzero(~good)[0]])
@@ -230,10 +233,20 @@ def _parse_rows(chunk: _Chunk) -> _Parsed:
     md = np.asarray([np.nan if e.max_distance is None else e.max_distance for e in entries], dtype=np.float64)
     q = np.asarray([np.nan if e.quality is None else e.quality for e in entries], dtype=np.float64)
     reasons = [e.reason for e in entries]
-    return _Parsed(pa.array([e.list_id for e in entries], pa.string()),
-                   pa.array([e.entry_id for e in entries], pa.string()), kinds, kind_code, values,
+    return _Parsed(_arrow_text([e.list_id for e in entries]),
+                   _arrow_text([e.entry_id for e in entries]), kinds, kind_code, values,
                    None if np.isnan(md).all() else md, None if np.isnan(q).all() else q,
-                   pa.array(reasons, pa.string()) if any(r is not None for r in reasons) else None)
+                   _arrow_text(reasons) if any(r is not None for r in reasons) else None)
+
+
+def _arrow_text(texts: list[str | None]) -> pa.Array:
+    """Checked texts as Arrow strings. A lone surrogate (a jsonl ``\\ud800`` escape),
+    which UTF-8 cannot hold, is kept as that escape, so the entry still loads."""
+    try:
+        return pa.array(texts, pa.string())
+    except UnicodeEncodeError:
+        return pa.array([None if t is None else t.encode("utf-8", "backslashreplace").decode("utf-8")
+                         for t in texts], pa.string())
 
 
 # ------------------------------------------------------------ a file's columns

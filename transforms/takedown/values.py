@@ -61,8 +61,11 @@ def hex_to_bits_uint8(value: str | Sequence[str]) -> np.ndarray:
     return np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), -1).copy()
 
 
-def hex_codes(values: Sequence[Any], nbytes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, uint8 codes) of the values that are hex hashes of ``nbytes`` bytes."""
+def hex_codes(values: Sequence[Any], nbytes: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, uint8 codes) of the values that are hex hashes of ``nbytes`` bytes.
+    ``bytes.fromhex`` skips blanks between bytes; ``exact``: a value must also be
+    exactly ``2 * nbytes`` characters, so a digest with a blank inside is none (as an
+    exact string comparison has it)."""
     width = 2 * nbytes
     if values and all(isinstance(v, str) and len(v) == width for v in values):
         try:  # the usual batch: every row hashed; one decode for all of them
@@ -75,7 +78,7 @@ def hex_codes(values: Sequence[Any], nbytes: int) -> tuple[np.ndarray, np.ndarra
     rows: list[int] = []
     blobs: list[bytes] = []
     for i, value in enumerate(values):
-        if not value or not isinstance(value, str):
+        if not value or not isinstance(value, str) or (exact and len(value) != width):
             continue
         try:
             blob = bytes.fromhex(value)
@@ -129,13 +132,6 @@ def parse_hex_column(values: pa.Array, digits: int) -> tuple[np.ndarray, np.ndar
         return ok, np.zeros((0, nbytes), dtype=np.uint8)
     codes = np.frombuffer(binascii.unhexlify(_string_bytes(values)), dtype=np.uint8)
     return ok, codes.reshape(len(values), nbytes)
-
-
-def hex_texts(codes: np.ndarray) -> list[str]:
-    """Packed codes back to lowercase hex, one string per row."""
-    raw = codes.tobytes().hex()
-    width = 2 * codes.shape[1]
-    return [raw[i:i + width] for i in range(0, len(raw), width)]
 
 
 # ----------------------------------------------------------------------- embeddings
@@ -207,7 +203,6 @@ __all__ = [
     "clip_to_value",
     "hamming_hex",
     "hex_codes",
-    "hex_texts",
     "hex_to_bits_uint8",
     "normalize_hex",
     "parse_hex_column",
