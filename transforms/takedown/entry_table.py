@@ -33,10 +33,6 @@ Stored = Any  # a kind's values: (n, bytes) uint8 codes, Arrow strings, or (entr
 # ----------------------------------------------------------------- stored values
 
 
-def stored_len(values: Stored) -> int:
-    return len(values)
-
-
 def stored_take(values: Stored, positions: np.ndarray) -> Stored:
     if isinstance(values, np.ndarray):
         return values[positions]
@@ -46,12 +42,21 @@ def stored_take(values: Stored, positions: np.ndarray) -> Stored:
 
 
 def stored_concat(pieces: Sequence[Stored]) -> Stored:
+    """One kind's values, piece after piece: packed codes stay codes; codes among texts
+    (a loaded table with one of entry objects) become hex texts, as the objects hold them."""
     if len(pieces) == 1:
         return pieces[0]
-    if isinstance(pieces[0], np.ndarray):
+    if all(isinstance(p, np.ndarray) for p in pieces):
         return np.concatenate(pieces)
-    return pa.concat_arrays([pa.array(p, pa.string()) if isinstance(p, list) else p.cast(pa.string())
-                             for p in pieces])
+    return pa.concat_arrays([_stored_strings(p) for p in pieces])
+
+
+def _stored_strings(values: Stored) -> pa.Array:
+    if isinstance(values, np.ndarray):
+        return pa.array([stored_text(values, i) for i in range(len(values))], pa.string())
+    if isinstance(values, list):
+        return pa.array(values, pa.string())
+    return values.cast(pa.string())
 
 
 def stored_text(values: Stored, position: int) -> str:
@@ -98,6 +103,12 @@ def ids_as_strings(ids: pa.Array | pa.ChunkedArray | np.ndarray) -> pa.Array | p
 
 def _chunks(column: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
     return column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+
+
+def _kind_names_of(table: EntryTable) -> pa.Array:
+    """Each entry's kind name, as text (a table without ``kind_text`` gave no other)."""
+    return pa.DictionaryArray.from_arrays(pa.array(table.kind_code), pa.array(table.kind_names, pa.string())) \
+        .dictionary_decode()
 
 
 # ----------------------------------------------------------------------- the table
@@ -223,16 +234,16 @@ class EntryTable(Sequence):
             return np.concatenate([np.full(len(t), np.nan) if getattr(t, attr) is None else getattr(t, attr)
                                    for t in tables])
 
-        def strings(attr: str) -> pa.Array | None:
+        def strings(attr: str, missing: Any) -> pa.Array | None:
             if all(getattr(t, attr) is None for t in tables):
                 return None
-            return pa.concat_arrays([pa.nulls(len(t), pa.string()) if getattr(t, attr) is None else getattr(t, attr)
-                                     for t in tables])
+            return pa.concat_arrays([missing(t) if getattr(t, attr) is None else getattr(t, attr) for t in tables])
 
         return cls(list_names=list(list_names), list_code=list_code, entry_ids=entry_ids,
                    kind_names=list(kind_names), kind_code=kind_code, values=values,
                    max_distance=numbers("max_distance"), quality=numbers("quality"),
-                   reason=strings("reason"), kind_text=strings("kind_text"))
+                   reason=strings("reason", lambda t: pa.nulls(len(t), pa.string())),
+                   kind_text=strings("kind_text", _kind_names_of))
 
     def without_values(self) -> EntryTable:
         """The same entries' metadata only (what a match reports), values dropped."""
@@ -246,13 +257,6 @@ class EntryTable(Sequence):
         """Entries per kind name."""
         counts = np.bincount(self.kind_code, minlength=len(self.kind_names))
         return {name: int(c) for name, c in zip(self.kind_names, counts) if c}
-
-    def rows_of(self, kind: str) -> np.ndarray:
-        """The entries (ascending positions) of one kind."""
-        kv = self.values.get(kind)
-        if kv is None:
-            return np.zeros(0, dtype=np.int64)
-        return np.arange(len(self), dtype=np.int64) if kv.rows is None else kv.rows
 
     def metadata(self, positions: np.ndarray) -> tuple[list[str], list[str], list[str], list[str | None]]:
         """(list ids, entry ids, kinds, reasons) of these entries, as lists."""

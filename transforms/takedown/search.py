@@ -22,6 +22,8 @@ from typing import Any, NamedTuple, Protocol
 import faiss
 import numpy as np
 
+from transforms.takedown.values import hex_codes
+
 # Cosines are computed in float32; a vector compared with itself can come out a few
 # ulps under 1, so a cosine this close under an entry's threshold still matches.
 COSINE_TOLERANCE = 1e-6
@@ -123,12 +125,10 @@ class HexExactSet:
         return cls(codes, order, prefixes[order])
 
     def query(self, rows: RowValues) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from transforms.takedown.values import hex_codes
-
         positions, keys = rows
         if not len(self._codes):
             return no_hits()
-        found, codes = hex_codes(list(keys), self._codes.shape[1])
+        found, codes = hex_codes(list(keys), self._codes.shape[1], exact=True)  # as ExactSet compares
         if not len(found):
             return no_hits()
         prefix = self._prefix(codes)
