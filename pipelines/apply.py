@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 
 import pyarrow.parquet as pq
 
@@ -40,7 +41,7 @@ from transforms.dataset_files import (
     reads_natively,
     source_names,
 )
-from transforms.paths import has_scheme, join, local_only, same_path
+from transforms.paths import has_scheme, is_remote, join, local_only
 
 # pipelines.runners.LOCAL_RUNNERS, named here without importing Beam.
 IN_PROCESS_RUNNERS = frozenset({"FnApiRunner", "DirectRunner"})
@@ -93,10 +94,43 @@ def plan_apply(published_dir: str, inputs: list[str], out_dir: str, spec: Datase
     except ValueError as err:
         raise ConfigError(str(err).splitlines()[0]) from None
     sources = source_names(paths)
-    for path in paths:
-        if same_path(path, join(out_dir, sources[path])):
-            raise ConfigError(f"--out: would overwrite the input '{path}' (a cleaned file takes its input's name)")
+    _check_outputs(paths, sources, out_dir, published_files)
     return ApplyPlan(published, paths, sources, spec, out_dir, tuple(published_files))
+
+
+def _place(path: str) -> str:
+    """Where a path points, as ``same_path`` compares paths: remote as written, less a
+    trailing "/"; local with links and ".." resolved."""
+    return path.rstrip("/") if is_remote(path) else os.path.realpath(path)
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """(device, inode) of an existing local file (a hard link shares its target's)."""
+    if is_remote(path):
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _check_outputs(paths: list[str], sources: dict[str, str], out_dir: str, published_files: list[str]) -> None:
+    """ConfigError when a cleaned file would be written over any file the run reads:
+    its own input, another input (``a/x`` and ``a/o/x`` cleaned into ``a/o`` give
+    ``a/o/x`` and ``a/o/o/x``) or a published list file. Files are cleaned in any order
+    (on Beam, in parallel), so an input overwritten first would be read cleaned."""
+    read = [*paths, *published_files]
+    by_place = {_place(p): p for p in reversed(read)}
+    by_id = {i: p for p in reversed(read) if (i := _file_id(p)) is not None}
+    for path in paths:
+        output = join(out_dir, sources[path])
+        other = by_place.get(_place(output)) or by_id.get(_file_id(output))
+        if other is None:
+            continue
+        if other == path:
+            raise ConfigError(f"--out: would overwrite the input '{path}' (a cleaned file takes its input's name)")
+        raise ConfigError(f"--out: the cleaned copy of '{path}' would overwrite the input '{other}'")
 
 
 def runs_in_process(runner: RunnerConfig, plan: ApplyPlan) -> bool:

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -286,3 +287,60 @@ def test_dataset_error_is_the_read_stage_one():
     from transforms.read import DatasetError as ReadError
 
     assert ReadError is DatasetError
+
+
+def test_no_cleaned_file_is_written_over_any_file_the_run_reads(tmp_path, capsys):
+    from pipelines.config import ConfigError
+
+    published = _published(tmp_path)
+    first, second = tmp_path / "r" / "x.parquet", tmp_path / "r" / "o" / "x.parquet"
+    second.parent.mkdir(parents=True)
+    pq.write_table(_table(_urls(12)), first)
+    pq.write_table(_table([f"https://ok.example/b{i}.jpg" for i in range(5)]), second)
+    before = second.read_bytes()
+    # The base names collide, so the files are named below r/: x.parquet and o/x.parquet,
+    # and x.parquet's cleaned copy would be r/o/x.parquet, the second input.
+    args = ["apply", "--removals", str(published), "--input", str(first), str(second), "--out", str(second.parent)]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"laion-audit: config error: --out: the cleaned copy of '{first}' would overwrite the input '{second}'")
+    for in_process in (True, False):  # the check is made before either way runs
+        with pytest.raises(ConfigError, match="would overwrite the input"):
+            run_apply(str(published), [str(first), str(second)], str(second.parent), DatasetSpec(),
+                      in_process=in_process)
+    assert second.read_bytes() == before and not (second.parent / "o").exists()
+    # A hard link to another input, already where a cleaned copy goes.
+    out = tmp_path / "out"
+    out.mkdir()
+    os.link(second, out / "y.parquet")
+    other = tmp_path / "s" / "y.parquet"
+    other.parent.mkdir()
+    pq.write_table(_table(_urls(3)), other)
+    with pytest.raises(ConfigError, match=re.escape(f"cleaned copy of '{other}' would overwrite the input '{second}'")):
+        plan_apply(str(published), [str(second), str(other)], str(out), DatasetSpec())
+    # Nor the published list: a data file named like its part, cleaned into its folder.
+    part = tmp_path / "d" / "part-00000.parquet"
+    part.parent.mkdir()
+    pq.write_table(_table(_urls(3)), part)
+    published_part = published / "part-00000.parquet"
+    said = f"cleaned copy of '{part}' would overwrite the input '{published_part}'"
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        plan_apply(str(published), [str(part)], str(published), DatasetSpec())
+    plan = plan_apply(str(published), [str(first), str(second)], str(tmp_path / "clean"), DatasetSpec())
+    assert sorted(plan.sources.values()) == ["o/x.parquet", "x.parquet"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (every write: no space left)")
+def test_a_failed_write_of_a_copied_file_names_the_output(tmp_path):
+    from transforms.clean import clean_file, drop_by_url_sha256
+
+    source = tmp_path / "keep.parquet"
+    pq.write_table(_table([f"https://ok.example/{i}.jpg" for i in range(50)]), source)
+    out = tmp_path / "out" / "keep.parquet"
+    out.parent.mkdir()
+    out.symlink_to("/dev/full")  # opens, then refuses every write (ENOSPC)
+    rule = drop_by_url_sha256([_digest("https://elsewhere.example/x.jpg")])  # no row dropped: a byte copy
+    with pytest.raises(OSError) as failure:
+        clean_file(str(source), "keep.parquet", str(out), DatasetSpec(), rule)
+    assert str(failure.value) == f"{out}: cannot be written (No space left on device)"
+    assert not isinstance(failure.value, DatasetError)  # not blamed on the input
