@@ -17,7 +17,6 @@ import codecs
 import contextlib
 import csv
 import os
-import shutil
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -222,21 +221,53 @@ def dictionary_columns(meta: pq.FileMetaData, batch: pa.RecordBatch) -> list[str
 
 
 def _copy_file(path: str, out_path: str) -> None:
-    """`path`'s bytes to `out_path` as they are (no codec either way)."""
-    if reads_natively(path) and reads_natively(out_path):
-        folder = os.path.dirname(out_path)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        with naming_file(path, "parquet"):
-            shutil.copyfile(path, out_path)
-        return
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
+    """`path`'s bytes to `out_path` as they are (no codec either way). What reading
+    raises names the input (DatasetError); what writing raises, the output (OSError)."""
+    with contextlib.ExitStack() as stack:
+        if reads_natively(path) and reads_natively(out_path):
+            with naming_file(path, "parquet"):
+                source = stack.enter_context(open(path, "rb"))
+            folder = os.path.dirname(out_path)
+            with _writing(out_path):
+                if folder:
+                    os.makedirs(folder, exist_ok=True)
+                sink = stack.enter_context(_closing_written(open(out_path, "wb"), out_path))
+        else:
+            from apache_beam.io.filesystem import CompressionTypes
+            from apache_beam.io.filesystems import FileSystems
 
-    plain = CompressionTypes.UNCOMPRESSED
-    with FileSystems.open(path, compression_type=plain) as source, \
-            FileSystems.create(out_path, compression_type=plain) as sink:
-        shutil.copyfileobj(source, sink, 1 << 20)
+            plain = CompressionTypes.UNCOMPRESSED
+            with naming_file(path, "parquet"):
+                source = stack.enter_context(FileSystems.open(path, compression_type=plain))
+            with _writing(out_path):
+                sink = stack.enter_context(_closing_written(FileSystems.create(out_path, compression_type=plain),
+                                                            out_path))
+        while True:
+            with naming_file(path, "parquet"):
+                block = source.read(1 << 20)
+            if not block:
+                break
+            with _writing(out_path):
+                sink.write(block)
+
+
+@contextlib.contextmanager
+def _writing(out_path: str) -> Iterator[None]:
+    """An OSError while writing `out_path`, as one line naming it."""
+    try:
+        yield
+    except OSError as err:
+        raise OSError(f"{out_path}: cannot be written ({err.strerror or err})") from err
+
+
+@contextlib.contextmanager
+def _closing_written(sink, out_path: str):
+    """`sink`, closed at the end; what closing raises (a flush) names `out_path`."""
+    try:
+        yield sink
+    finally:
+        with _writing(out_path):
+            sink.close()
 
 
 def _clean_text(path, source, out_path, spec, drop, fmt) -> tuple[int, int]:
