@@ -3,7 +3,7 @@ Dataflow's list prices. Each input is a flag whose default is the last measured 
 the help text names the script that measures it, so the table can be redone from
 fresh measurements.
 
-    python scripts/cost_model.py [--fetch-hash-core-ms 9.35] [--classify-core-ms X] ...
+    python scripts/cost_model.py [--fetch-hash-core-ms 7.71] [--classify-core-ms X] ...
 
 Prices: Dataflow batch workers, us-central1, on-demand list prices (Google Cloud's
 Dataflow pricing page): $0.056 per vCPU-hour, $0.003557 per GB-hour of memory, $0.000054
@@ -35,19 +35,20 @@ def job(rows: float, core_ms: float, gb_per_vcpu: float, vcpus_per_worker: int, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=float, default=LAION_5B_ROWS)
-    parser.add_argument("--fetch-hash-core-ms", type=float, default=9.35,
+    parser.add_argument("--fetch-hash-core-ms", type=float, default=7.71,
                         help="core-ms per row of fetch + decode + MD5/SHA-256 + pHash + PDQ + match + audit "
-                             "table: `python scripts/bench.py --rows 12000`, contender (b)")
+                             "table: `python scripts/bench.py --rows 12000`, contender (b), one process")
     parser.add_argument("--mean-image-kb", type=float, default=142.0,
                         help="mean image size the fetch figure was measured with (bench.py's corpus)")
     parser.add_argument("--classify-core-ms", type=float, default=0.35,
                         help="core-ms per row of configs/laion5b-embeddings.yaml (published embeddings, "
                              "zero-shot classification, caption flags, decide, outputs): "
                              "`python scripts/bench_classify.py --rows 20000` (slope between 20k and 40k rows)")
-    parser.add_argument("--rematch-core-ms", type=float, default=0.14,
+    parser.add_argument("--rematch-core-ms", type=float, default=0.09,
                         help="core-ms per row of rematch against a 1 M-entry PDQ list: PDQ search "
-                             "`python scripts/bench_match.py --index-only` at 1M entries (0.098) + the rematch "
-                             "pipeline `python scripts/bench_rematch.py` (0.042 at 100k entries)")
+                             "`python scripts/bench_match.py --index-only` at 1M entries (0.050-0.067) + the "
+                             "rematch pipeline around its search, `python scripts/bench_rematch.py` (0.026-0.035 "
+                             "at 100k entries, of which 0.011-0.016 is the search)")
     args = parser.parse_args(argv)
 
     rows = args.rows
