@@ -258,6 +258,30 @@ def test_fast_url_paths_equal_the_full_normalisation():
     assert url_sha256_digests(sliced) == [_reference_sha256(u) for u in urls[7:307]]
 
 
+def test_url_kind_keys_equal_each_urls_own_normalisation():
+    """The url kind's lookup keys (normal URLs found column-wise) are, row by row, what
+    the full normalisation gives, the row's url_sha256 where it has no URL, else None."""
+    from transforms.takedown.kinds import UrlKind
+    from transforms.urls import _normalize_url_full
+
+    urls = TRICKY_URLS + _fuzzed_urls(3000, seed=2) + ["", None, "HTTP://A.B/", "http://a.b/c?"]
+    shas = [None] * (len(urls) - 4) + ["AB" * 32, "cd" * 32, None, None]
+
+    def expected(url, sha):
+        if isinstance(url, str) and url:
+            try:
+                return _normalize_url_full(url)
+            except ValueError:
+                return None
+        return sha.strip().lower() if isinstance(sha, str) else None
+
+    keys = UrlKind().rows({"url": urls, "url_sha256": shas}, len(urls)).values
+    assert keys == [expected(u, h) for u, h in zip(urls, shas)]
+    assert sum(k is not None for k in keys) > 1000
+    mixed = UrlKind().rows({"url": [12345, "HTTP://A.B/x"], "url_sha256": ["ef" * 32, None]}, 2).values
+    assert mixed == ["ef" * 32, "http://a.b/x"]  # a non-text URL cell: looked up by its url_sha256
+
+
 def test_bulk_url_drop_rule_equals_the_per_row_rule():
     import pyarrow as pa
 

@@ -79,7 +79,7 @@ from transforms.takedown.values import (
     parse_hex_column,
     unit_rows,
 )
-from transforms.urls import normalize_url, url_sha256_of
+from transforms.urls import NotText, already_normal, normalize_url, url_sha256_of
 
 # Below this PDQ quality the hash of a flat or featureless photo matches far too much
 # (python-threatexchange uses the same cut-off).
@@ -141,7 +141,16 @@ class UrlKind(Kind):
     def rows(self, columns: Columns, n: int) -> RowValues:
         urls, shas = columns.get("url"), columns.get("url_sha256")
         keys: list[str | None] = [None] * n
-        for i in range(n):
+        rest: Sequence[int] = range(n)
+        if urls is not None:
+            try:  # URLs normalize_url leaves as they are, found column-wise (most of them)
+                normal = already_normal(urls)
+            except (NotText, pa.ArrowException):  # not all text: each row on its own
+                normal = None
+            if normal is not None:
+                keys = [url if ok else None for url, ok in zip(urls, normal.tolist())]
+                rest = np.flatnonzero(~normal).tolist()
+        for i in rest:
             url = urls[i] if urls is not None else None
             if isinstance(url, str) and url:
                 try:
