@@ -175,9 +175,12 @@ def rematch_manifest(plan: RematchPlan) -> RunManifest:
 def build_rematch(pipeline: beam.Pipeline, plan: RematchPlan) -> None:
     tables = (
         pipeline
+        # Typed as tables so that the Reshuffle moves them with the Arrow coder
+        # (transforms/table_coder.py), not by pickling each one.
         | "ReadAudit" >> beam.io.ReadFromParquetBatched(output_dir(plan.audit_dir, "audit/*.parquet"))
-        | "Spread" >> beam.Reshuffle()
-        | "Rematch" >> beam.ParDo(_RematchTables(plan.index, plan.policy))
+        .with_output_types(pa.Table)
+        | "Spread" >> beam.Reshuffle().with_output_types(pa.Table)
+        | "Rematch" >> beam.ParDo(_RematchTables(plan.index, plan.policy)).with_output_types(pa.Table)
     )
     rows_in = pipeline | "RowsIn" >> beam.Create([plan.rows_in])
     (tables, rows_in) | "WriteOutputs" >> WriteOutputs(
