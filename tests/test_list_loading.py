@@ -451,6 +451,27 @@ def test_matches_are_those_of_the_same_entries_as_objects(tmp_path):
         assert {(m["list_id"], m["entry_id"]) for m in got[row] if m["kind"] == "md5"} == expected
 
 
+def test_exact_digests_match_on_every_byte_not_a_prefix(tmp_path):
+    """Exact kinds look digests up by their first 8 bytes, then compare them whole: a
+    digest that shares an entry's first bytes (or all but its last) is no match."""
+    rng = np.random.default_rng(11)
+    md5, sha = hexes(rng, 50, 16), hexes(rng, 50, 32)
+
+    def twin(value: str, keep: int) -> str:  # the same first `keep` hex digits, then others
+        tail = "".join("0123456789abcdef"[(int(c, 16) + 1) % 16] for c in value[keep:])
+        return value[:keep] + tail
+
+    entries = ([TakedownEntry("l", f"m{i}", "md5", v) for i, v in enumerate(md5)]
+               + [TakedownEntry("l", f"s{i}", "sha256", v) for i, v in enumerate(sha)])
+    path = str(tmp_path / "exact.parquet")
+    write_list(entries, path)
+    index = TakedownIndex(load_lists([path]))
+    md5_rows = [md5[3], twin(md5[3], 16), twin(md5[4], 31), md5[4]]
+    sha_rows = [twin(sha[5], 16), sha[5], twin(sha[6], 63), twin(sha[7], 40)]
+    got = index.match_columns({"content_md5": md5_rows, "content_sha256": sha_rows})
+    assert [[m["entry_id"] for m in row] for row in got] == [["m3"], ["s5"], [], ["m4"]]
+
+
 def test_a_txt_list_matches_with_line_numbers_as_entry_ids(tmp_path):
     rng = np.random.default_rng(10)
     values = hexes(rng, 2000, 32)
