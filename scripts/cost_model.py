@@ -3,7 +3,7 @@ Dataflow's list prices. Each input is a flag whose default is the last measured 
 the help text names the script that measures it, so the table can be redone from
 fresh measurements.
 
-    python scripts/cost_model.py [--fetch-hash-core-ms 7.71] [--classify-core-ms X] ...
+    python scripts/cost_model.py [--fetch-hash-core-ms 7.00] [--classify-core-ms X] ...
 
 Prices: Dataflow batch workers, us-central1, on-demand list prices (Google Cloud's
 Dataflow pricing page): $0.056 per vCPU-hour, $0.003557 per GB-hour of memory, $0.000054
@@ -35,7 +35,7 @@ def job(rows: float, core_ms: float, gb_per_vcpu: float, vcpus_per_worker: int, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=float, default=LAION_5B_ROWS)
-    parser.add_argument("--fetch-hash-core-ms", type=float, default=7.71,
+    parser.add_argument("--fetch-hash-core-ms", type=float, default=7.00,
                         help="core-ms per row of fetch + decode + MD5/SHA-256 + pHash + PDQ + match + audit "
                              "table: `python scripts/bench.py --rows 12000`, contender (b), one process")
     parser.add_argument("--mean-image-kb", type=float, default=142.0,
