@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -82,20 +83,26 @@ def plan_units(path: str, source: str, fmt: str, batch_rows: int) -> list[ReadUn
     return units
 
 
+def parquet_unit_batches(unit: ReadUnit, spec: DatasetSpec) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Yield (first row position, record batch of the projected columns) of a parquet unit."""
+    with naming_file(unit.path, unit.format), FileSystems.open(unit.path) as handle:
+        parquet = pq.ParquetFile(handle)
+        columns = projected_columns(parquet.schema_arrow.names, spec, unit.path)
+        position = unit.start
+        if not unit.row_groups:
+            return
+        for batch in parquet.iter_batches(
+            batch_size=spec.read_batch_rows, row_groups=list(unit.row_groups), columns=columns
+        ):
+            yield position, batch
+            position += batch.num_rows
+
+
 def read_unit_columns(unit: ReadUnit, spec: DatasetSpec) -> Iterator[tuple[int, dict[str, list]]]:
     """Yield (first row position, {column: values}) blocks of the projected columns."""
     if unit.format == "parquet":
-        with naming_file(unit.path, unit.format), FileSystems.open(unit.path) as handle:
-            parquet = pq.ParquetFile(handle)
-            columns = projected_columns(parquet.schema_arrow.names, spec, unit.path)
-            position = unit.start
-            if not unit.row_groups:
-                return
-            for batch in parquet.iter_batches(
-                batch_size=spec.read_batch_rows, row_groups=list(unit.row_groups), columns=columns
-            ):
-                yield position, batch.to_pydict()
-                position += batch.num_rows
+        for position, batch in parquet_unit_batches(unit, spec):
+            yield position, batch.to_pydict()
         return
     columns = _wanted_columns(spec)
     position = 0

@@ -24,8 +24,6 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
@@ -34,8 +32,7 @@ from transforms.read import (
     DatasetSpec,
     ReadUnit,
     hex_digest,
-    naming_file,
-    projected_columns,
+    parquet_unit_batches,
     read_unit_columns,
 )
 from transforms.records import ACTIONS, AUDIT_SCHEMA
@@ -172,16 +169,8 @@ def unit_blocks(unit: ReadUnit, spec: DatasetSpec) -> Iterator[tuple[int, dict, 
     """(first row position, {column: Arrow array or list}, rows) per block of a unit:
     parquet batches as Arrow arrays (no Python objects), text formats as read."""
     if unit.format == "parquet":
-        with naming_file(unit.path, unit.format), FileSystems.open(unit.path) as handle:
-            parquet = pq.ParquetFile(handle)
-            columns = projected_columns(parquet.schema_arrow.names, spec, unit.path)
-            position = unit.start
-            if not unit.row_groups:
-                return
-            for batch in parquet.iter_batches(batch_size=spec.read_batch_rows, row_groups=list(unit.row_groups),
-                                              columns=columns):
-                yield position, {name: batch.column(name) for name in columns}, batch.num_rows
-                position += batch.num_rows
+        for position, batch in parquet_unit_batches(unit, spec):
+            yield position, {name: batch.column(name) for name in batch.schema.names}, batch.num_rows
         return
     for position, block in read_unit_columns(unit, spec):
         yield position, block, len(block[spec.url_col])
