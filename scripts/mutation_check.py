@@ -175,13 +175,13 @@ MUTATIONS: tuple[Mutation, ...] = (
       "if False:", ("tests/test_resume.py::test_a_file_edited_in_place_is_audited_again",)),
     # ---------------------------------------------------------------- caption identifiers
     M("captions/cpf-unchecked", "transforms/captions/identifiers.py",
-      '"cpf": ("national_id", cpf.is_valid, NON_DIGITS, 0),', '"cpf": ("national_id", _always, NON_DIGITS, 0),',
+      '"cpf": ("national_id", cpf.is_valid, NON_DIGITS, 0),', '"cpf": ("national_id", lambda _value: True, NON_DIGITS, 0),',
       CAPTION_TESTS),
     M("captions/advertised-ssn-accepted", "transforms/captions/identifiers.py",
-      '"ssn": ("national_id", ssn.is_valid, NON_DIGITS, 0),', '"ssn": ("national_id", _always, NON_DIGITS, 0),',
+      '"ssn": ("national_id", ssn.is_valid, NON_DIGITS, 0),', '"ssn": ("national_id", lambda _value: True, NON_DIGITS, 0),',
       CAPTION_TESTS),
     M("captions/iban-unchecked", "transforms/captions/identifiers.py",
-      '"iban": ("iban", _iban_valid, _KEEP_AS_WRITTEN, 2),', '"iban": ("iban", _always, _KEEP_AS_WRITTEN, 2),',
+      '"iban": ("iban", _iban_valid, _KEEP_AS_WRITTEN, 2),', '"iban": ("iban", lambda _value: True, _KEEP_AS_WRITTEN, 2),',
       CAPTION_TESTS),
     M("captions/card-luhn-unchecked", "transforms/captions/identifiers.py",
       "return luhn.is_valid(digits)", "return True", CAPTION_TESTS),
@@ -231,16 +231,15 @@ def run_one(m: Mutation, timeout_s: float) -> tuple[str, float, str]:
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the cached bytecode stays valid
     seconds = time.monotonic() - started
     last = (done.stdout.strip().splitlines() or [""])[-1]
-    if done.returncode == 1:
-        failed = next((line for line in done.stdout.splitlines() if line.startswith("FAILED")), last)
+    failed = next((line for line in done.stdout.splitlines() if line.startswith("FAILED")), None)
+    if done.returncode == 1 and failed:
         return "caught", seconds, failed[:150]
     if done.returncode == 0:
         return "survived", seconds, last
-    # 2: interrupted (import error in the mutant counts as caught: the suite cannot run it);
-    # 5: no tests collected, 3/4: internal or usage error: the check itself is broken.
-    if done.returncode == 2:
-        return "caught", seconds, "collection failed under the mutant"
-    return "error", seconds, f"pytest exit {done.returncode}: {last}"
+    # Errors only (the mutant does not import, a fixture breaks), 2: interrupted, 5: no
+    # tests collected, 3/4: internal or usage error: the mutation itself is broken, and
+    # says nothing of the tests.
+    return "error", seconds, f"pytest exit {done.returncode}: {last}"[:150]
 
 
 def main(argv: list[str] | None = None) -> int:
