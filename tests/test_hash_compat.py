@@ -38,8 +38,9 @@ def hamming(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
-def photo(seed: int, width: int, height: int) -> Image.Image:
-    """Photo-like RGB: smooth light, blurred shapes, sensor noise."""
+def photo(seed: int, width: int, height: int, *, shapes: int = 10, blur: float | None = None,
+          noise: float = 5) -> Image.Image:
+    """Photo-like RGB: smooth light, blurred shapes, sensor noise (``blur`` None: by size)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width] / max(width, height, 1)
     arr = np.zeros((height, width, 3))
@@ -48,7 +49,7 @@ def photo(seed: int, width: int, height: int) -> Image.Image:
         arr[..., c] = 128 + 60 * np.sin(a[0] * 6 * x + a[1] * 6 * y + a[2] * 3) + 40 * np.cos(a[3] * 9 * x * y)
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    for _ in range(10):
+    for _ in range(shapes):
         x0, y0 = int(rng.integers(0, max(width, 1))), int(rng.integers(0, max(height, 1)))
         size = int(rng.integers(max(width // 20, 1), max(width // 4, 2)))
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
@@ -56,8 +57,8 @@ def photo(seed: int, width: int, height: int) -> Image.Image:
             draw.ellipse([x0, y0, x0 + size, y0 + size], fill=colour)
         else:
             draw.rectangle([x0, y0, x0 + size, y0 + size // 2], fill=colour)
-    img = img.filter(ImageFilter.GaussianBlur(max(1.0, width / 400)))
-    noisy = np.asarray(img).astype(float) + rng.normal(0, 5, (height, width, 3))
+    img = img.filter(ImageFilter.GaussianBlur(max(1.0, width / 400) if blur is None else blur))
+    noisy = np.asarray(img).astype(float) + rng.normal(0, noise, (height, width, 3))
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 

@@ -11,13 +11,14 @@ import imagehash
 import numpy as np
 import pdqhash
 import pytest
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that
 
 from scripts.sample_images import make_photo_jpeg, make_png
+from tests.test_hash_compat import hamming, photo
 from transforms.hashing import (
     HASH_MAX_SIDE,
     PDQ_DIHEDRAL_NAMES,
@@ -39,31 +40,9 @@ from transforms.hashing import (
 PDQ_MATCH = 31
 
 
-def hamming(a: str, b: str) -> int:
-    return (int(a, 16) ^ int(b, 16)).bit_count()
-
-
 def photo_like(seed: int, width: int = 640, height: int = 480) -> Image.Image:
     """Smooth colour fields, shapes, blur and sensor-like noise: hashes behave as on photos."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width] / max(width, height)
-    arr = np.zeros((height, width, 3))
-    for c in range(3):
-        a = rng.uniform(-1, 1, 4)
-        arr[..., c] = 128 + 60 * np.sin(a[0] * 6 * x + a[1] * 6 * y + a[2] * 3) + 40 * np.cos(a[3] * 9 * x * y)
-    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(img)
-    for _ in range(12):
-        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
-        size = int(rng.integers(width // 20, width // 4))
-        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        if rng.random() < 0.5:
-            draw.ellipse([x0, y0, x0 + size, y0 + size], fill=colour)
-        else:
-            draw.rectangle([x0, y0, x0 + size, y0 + size // 2], fill=colour)
-    img = img.filter(ImageFilter.GaussianBlur(2))
-    noisy = np.asarray(img).astype(float) + rng.normal(0, 6, (height, width, 3))
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    return photo(seed, width, height, shapes=12, blur=2, noise=6)
 
 
 def encode(img: Image.Image, fmt: str = "JPEG", **params) -> bytes:
