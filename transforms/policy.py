@@ -30,6 +30,7 @@ match or another condition says otherwise.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import difflib
 import math
 import operator
@@ -44,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from transforms.records import ACTIONS, STATUSES
+from transforms.records import ACTIONS, AUDIT_SCHEMA, STATUSES
 
 Record = Mapping[str, Any]
 _Test = Callable[[Record], bool]
@@ -528,6 +529,23 @@ class _DecideAction(beam.DoFn):
         self._actions[action].inc()
         # A new dict: Beam forbids changing an input element another consumer may see.
         yield {**record, "action": action, "reasons": reasons}
+
+
+@beam.typehints.with_output_types(pa.Table)
+class DecideTables(_DecideAction):
+    """Tables of audit rows -> the same with `action`, `reasons` (transforms.policy.
+    decide_table) and `audited_at` (one time per table) set; `decide/action_*` counted."""
+
+    def process(self, table: pa.Table):
+        action, reasons = decide_table(table, self._remove, self._review)
+        table = table.set_column(table.schema.get_field_index("action"), "action", action)
+        table = table.set_column(table.schema.get_field_index("reasons"), "reasons", reasons)
+        when = pa.scalar(_dt.datetime.now(_dt.timezone.utc), AUDIT_SCHEMA.field("audited_at").type)
+        at = table.schema.get_field_index("audited_at")
+        table = table.set_column(at, "audited_at", pa.repeat(when, table.num_rows))
+        for item in pc.value_counts(action).to_pylist():
+            self._actions[item["values"]].inc(item["counts"])
+        yield table
 
 
 class DecideAction(beam.PTransform):

@@ -12,12 +12,10 @@ column-wise, a read block (thousands of rows) per element.
 Without a fetch nothing per row needs Python but the captions that may hold a flag, the
 URLs that are not in normal form and the rows a list or a policy may act on; at billions
 of rows that per-row Python is the whole cost, so everything else is an Arrow compute
-call. pipelines/audit.py says when an audit takes this path (`tables_supported`).
+call. pipelines/audit.py says when an audit takes this path (`records_only_reason`).
 """
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
 from collections.abc import Iterator, Mapping, Sequence
 
 import apache_beam as beam
@@ -25,9 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
-from apache_beam.utils import shared
 
-from transforms.policy import compile_policies, decide_table
 from transforms.read import (
     DatasetSpec,
     ReadUnit,
@@ -35,8 +31,9 @@ from transforms.read import (
     parquet_unit_batches,
     read_unit_columns,
 )
-from transforms.records import ACTIONS, AUDIT_SCHEMA
+from transforms.records import AUDIT_SCHEMA
 from transforms.table_coder import ArrowTableCoder  # noqa: F401 (registers the pa.Table coder)
+from transforms.takedown.match import MatchTakedownBatches
 from transforms.urls import url_sha256_digests
 
 # Two hex digits per byte, as one uint16 each in memory order: a digest's hex in one take.
@@ -220,72 +217,15 @@ def match_table(table: pa.Table, index) -> tuple[pa.Table, list[list[dict]]]:
 
 
 @beam.typehints.with_output_types(pa.Table)
-class MatchTakedownTables(beam.DoFn):
-    """Tables of audit rows, each row's takedown matches set. The index is built once per
-    worker process from `spec` (transforms.takedown.IndexSpec), as MatchTakedown does, and
-    the same counters are kept."""
-
-    def __init__(self, spec):
-        self._spec = spec
-        self._shared = shared.Shared()
-
-    def setup(self) -> None:
-        import faiss
-
-        from transforms.takedown import KINDS
-
-        faiss.omp_set_num_threads(1)  # one process (and thread) per core already
-        self._index = self._shared.acquire(self._spec.build, tag=self._spec)
-        self._rows_checked = Metrics.counter("takedown", "rows_checked")
-        self._rows_matched = Metrics.counter("takedown", "rows_matched")
-        self._by_kind = {kind: Metrics.counter("takedown", f"matches_{kind}") for kind in KINDS}
+class MatchTakedownTables(MatchTakedownBatches):
+    """Tables of audit rows, each row's takedown matches set: MatchTakedown's index (once
+    per worker process) and counters, on a table at a time."""
 
     def process(self, table: pa.Table):
-        table, hits = match_table(table, self._index)
+        table, hits = match_table(table, self._index_for(self._spec))
         self._rows_checked.inc(table.num_rows)
-        if hits:
-            self._rows_matched.inc(len(hits))
-            for matches in hits:
-                for match in matches:
-                    counter = self._by_kind.get(match["kind"])
-                    if counter is None:
-                        counter = self._by_kind[match["kind"]] = Metrics.counter(
-                            "takedown", f"matches_{match['kind']}")
-                    counter.inc()
-        yield table
-
-
-# ------------------------------------------------------------------ decide
-
-
-@dataclasses.dataclass(frozen=True)
-class _Policies:
-    remove_if: tuple[str, ...]
-    review_if: tuple[str, ...]
-    known: tuple[str, ...]
-
-
-@beam.typehints.with_output_types(pa.Table)
-class DecideTables(beam.DoFn):
-    """Tables of audit rows -> the same with `action`, `reasons` (transforms.policy.
-    decide_table) and `audited_at` (one time per table) set; `decide/action_*` counted."""
-
-    def __init__(self, remove_if: Sequence[str], review_if: Sequence[str], known_names):
-        self._policies = _Policies(tuple(remove_if), tuple(review_if), tuple(sorted(known_names)))
-
-    def setup(self) -> None:
-        p = self._policies
-        self._remove = compile_policies(p.remove_if, p.known, "policy.remove_if")
-        self._review = compile_policies(p.review_if, p.known, "policy.review_if")
-        self._actions = {a: Metrics.counter("decide", f"action_{a}") for a in ACTIONS}
-
-    def process(self, table: pa.Table):
-        action, reasons = decide_table(table, self._remove, self._review)
-        table = table.set_column(table.schema.get_field_index("action"), "action", action)
-        table = table.set_column(table.schema.get_field_index("reasons"), "reasons", reasons)
-        when = pa.scalar(_dt.datetime.now(_dt.timezone.utc), AUDIT_SCHEMA.field("audited_at").type)
-        at = table.schema.get_field_index("audited_at")
-        table = table.set_column(at, "audited_at", pa.repeat(when, table.num_rows))
-        for item in pc.value_counts(action).to_pylist():
-            self._actions[item["values"]].inc(item["counts"])
+        self._rows_matched.inc(len(hits))
+        for matches in hits:
+            for match in matches:
+                self._matches_of(match["kind"]).inc()
         yield table
