@@ -249,11 +249,13 @@ def estimated_search_ns(strategy: str, entries: int, nbytes: int, radius: int) -
 def _hamming_index(codes: np.ndarray, radius: int, strategy: str):
     if strategy not in HAMMING_STRATEGIES:
         raise ValueError(f"hamming_strategy must be one of {', '.join(HAMMING_STRATEGIES)}")
+    plan = None
     if strategy == "auto":
         n, nbytes = codes.shape
-        mih = estimated_search_ns("mih", n, nbytes, radius)
+        plan = best_plan(nbytes * 8, radius, n)  # found once: the index is built by it too
+        mih = math.inf if plan is None else plan.cost_ns(n)
         strategy = "mih" if mih < estimated_search_ns("flat", n, nbytes, radius) else "flat"
-    return _MultiIndexHamming(codes, radius) if strategy == "mih" else _FlatHamming(codes, radius)
+    return _MultiIndexHamming(codes, radius, plan) if strategy == "mih" else _FlatHamming(codes, radius)
 
 
 class HammingSearch:
