@@ -6,6 +6,8 @@ import time
 import uuid
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.progress import FLUSH_S
 
@@ -23,13 +25,15 @@ class CountProgress(beam.DoFn):
         self._written = 0.0
 
     def process(self, record: dict):
-        self._rows += 1
-        if record.get("status") == "ok":
-            self._ok += 1
+        self._add(1, int(record.get("status") == "ok"))
+        return ()
+
+    def _add(self, rows: int, ok: int) -> None:
+        self._rows += rows
+        self._ok += ok
         now = time.monotonic()
         if now - self._written >= FLUSH_S:
             self._flush(now)
-        return ()
 
     def finish_bundle(self):
         # No flush at teardown: a worker torn down after its group finished would write
@@ -45,3 +49,11 @@ class CountProgress(beam.DoFn):
             os.replace(tmp, self._path)
         except OSError:  # the run already ended and its folder is gone: nothing to show
             pass
+
+
+class CountProgressTables(CountProgress):
+    """CountProgress on tables of audit rows."""
+
+    def process(self, table: pa.Table):
+        self._add(table.num_rows, pc.sum(pc.equal(table.column("status"), "ok")).as_py() or 0)
+        return ()
