@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.compute as pc
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.config import AuditConfig, ConfigError, policy_names
@@ -36,7 +35,7 @@ from pipelines.manifest import (
     package_version,
     write_manifest,
 )
-from pipelines.progress import FLUSH_S, CountProgress
+from pipelines.progress_counts import CountProgress, CountProgressTables
 from pipelines.runners import make_pipeline
 from transforms.captions import FlagCaptions
 from transforms.policy import DecideAction
@@ -214,7 +213,7 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan | 
     records = records | "Decide" >> DecideAction(
         config.policy.remove_if, config.policy.review_if, names
     )
-    from pipelines.progress import CountProgress, active_folder
+    from pipelines.progress import active_folder
 
     counts = active_folder() if group is not None else None
     if counts is not None:  # a local run's live progress line
@@ -233,24 +232,13 @@ def build_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan | 
     )
 
 
-class _CountProgressTables(CountProgress):
-    """CountProgress on tables of audit rows."""
-
-    def process(self, table):
-        self._rows += table.num_rows
-        self._ok += pc.sum(pc.equal(table.column("status"), "ok")).as_py() or 0
-        now = time.monotonic()
-        if now - self._written >= FLUSH_S:
-            self._flush(now)
-        return ()
-
-
 def _build_table_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: AuditPlan, group) -> None:
     """build_audit for an audit on tables of audit rows (records_only_reason is None):
     the same stages, each a table (a read block, thousands of rows) at a time, and the
     same output tail. No Reshuffle after the read: the read units are spread already
     (ReadDataset's SpreadUnits), and a table's work is milliseconds."""
-    from transforms.table_audit import DecideTables, MatchTakedownTables, mark_not_fetched_table, row_count
+    from transforms.policy import DecideTables
+    from transforms.table_audit import MatchTakedownTables, mark_not_fetched_table, row_count
 
     paths, spec = plan.paths, plan.spec
     rows = pipeline | "Read" >> ReadDataset(paths, spec, units=group.units if group else None, tables=True)
@@ -267,7 +255,7 @@ def _build_table_audit(pipeline: beam.Pipeline, config: AuditConfig, plan: Audit
 
     counts = active_folder() if group is not None else None
     if counts is not None:  # a local run's live progress line
-        tables | "Progress" >> beam.ParDo(_CountProgressTables(counts))
+        tables | "Progress" >> beam.ParDo(CountProgressTables(counts))
     rows_in = rows | "RowsIn" >> beam.Map(row_count) | "SumRows" >> beam.CombineGlobally(sum)
     (tables, rows_in) | "WriteOutputs" >> WriteOutputs(
         config.output.path, dataset=list(group.clean_files) if group else paths, spec=spec,

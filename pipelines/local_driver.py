@@ -47,7 +47,7 @@ from pipelines.config import AuditConfig, ConfigError
 from pipelines.manifest import ManifestError, read_manifest, write_manifest
 from pipelines.runners import LOCAL_RUNNERS, make_pipeline
 from transforms import paths as paths_mod
-from transforms.clean import WriteCleanDataset
+from transforms.clean_beam import WriteCleanDataset
 from transforms.outputs import removed_row_ids
 from transforms.read import ReadUnit, format_of, plan_units, source_names
 from transforms.write import (

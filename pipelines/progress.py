@@ -39,16 +39,6 @@ def active_folder() -> str | None:
     return _ACTIVE[-1].group_folder() if _ACTIVE else None
 
 
-def __getattr__(name: str):
-    # CountProgress is a Beam DoFn, kept in pipelines/progress_counts.py: Beam is imported
-    # only when it is asked for, so a command that runs no pipeline logs without it.
-    if name == "CountProgress":
-        from pipelines.progress_counts import CountProgress
-
-        return CountProgress
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def read_counts(folder: str) -> tuple[int, int]:
     """(rows, ok) summed over the count files under `folder`."""
     rows = ok = 0

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import laion_table
-from transforms.clean import _CleanFiles, clean_file, drop_by_row_id, drop_by_url_sha256
+from transforms.clean import clean_file, drop_by_row_id, drop_by_url_sha256
+from transforms.clean_beam import _CleanFiles
 from transforms.read import DatasetError, DatasetSpec, ReadUnit, format_of, read_unit_columns, records_of_block
 from transforms.urls import url_sha256_of
 

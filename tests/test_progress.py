@@ -18,7 +18,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipelines.progress import CountProgress, Progress, progress_line, read_counts, total_rows
+from pipelines.progress import Progress, progress_line, read_counts, total_rows
+from pipelines.progress_counts import CountProgress
 
 REPO = Path(__file__).resolve().parent.parent
 NOISE = "semi_persistent_directory"  # what every Beam SDK worker process logs on start

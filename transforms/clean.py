@@ -321,11 +321,3 @@ def _blocks(items: Iterable, size: int) -> Iterator[list]:
     if block:
         yield block
 
-
-def __getattr__(name: str):
-    # The Beam stage lives in transforms/clean_beam.py, imported when first asked for.
-    if name in ("WriteCleanDataset", "_CleanFiles"):
-        from transforms import clean_beam
-
-        return getattr(clean_beam, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import apache_beam as beam
 import pyarrow as pa
 
-from transforms.clean import WriteCleanDataset
+from transforms.clean_beam import WriteCleanDataset
 from transforms.read import DatasetSpec, source_names
 from transforms.records import AUDIT_SCHEMA, audit_row
 from transforms.write import WriteAudit, WriteRemovals, WriteReview, WriteSummary, output_dir, removed_rows
