@@ -511,12 +511,15 @@ def _check_across_files(path: str, table: EntryTable, earlier: list[tuple[str, E
     """TakedownListError for this file's first entry whose (list_id, entry_id) an
     earlier file has."""
     first: tuple[int, str] | None = None
+    these: pa.Array | None = None  # this file's ids as text, made once if any list is shared
     for code, name in enumerate(table.list_names):
         others = [(p, t) for p, t in earlier if name in t.list_names]
         if not others:
             continue
+        if these is None:
+            these = ids_as_strings(table.entry_ids)
         rows = np.flatnonzero(table.list_code == code)
-        ids = ids_as_strings(table.entry_ids).take(pa.array(rows))
+        ids = these.take(pa.array(rows))
         for other_path, other in others:
             other_rows = np.flatnonzero(other.list_code == other.list_names.index(name))
             other_ids = ids_as_strings(other.entry_ids).take(pa.array(other_rows))
