@@ -3,6 +3,7 @@
     python scripts/bench_match.py [--sizes 1000,100000,1000000] [--rows 20000]
                                   [--batch-size 1024] [--peer-rows 1000] [--threads 1]
     python scripts/bench_match.py --index-only --sizes 10000000 [--rows 20000]
+    python scripts/bench_match.py --both-ways --sizes 10000,100000 --rows 1000000
 
 For each list size it builds a random list (pdq entries, plus 10% as many phash and md5
 entries), then matches a stream of query rows (pdq, phash, content_md5 columns; 2% of
@@ -18,6 +19,12 @@ process's so far (run one size per invocation for a size's own figure).
 ``--index-only`` builds just the PDQ Hamming index (``HammingSearch``) from packed random
 codes, no list entries: the index's own build time, search cost and peak RSS at sizes
 (10 M) where list entries as Python objects would not fit a worker.
+
+``--both-ways`` searches one batch of ``--rows`` packed PDQ codes against each list size
+both ways round: the list's tables probed by the rows (the usual way), and an index of
+the batch built and probed by the entries (turned, what a rematch's long batches get),
+its build included; both must find the same hits. It prints the cost of each per row
+and the way the search chooses for that batch.
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from transforms.takedown import HammingSearch, TakedownEntry, TakedownIndex  # noqa: E402
+from transforms.takedown.hamming import _MultiIndexHamming  # noqa: E402
 
 PDQ_BYTES, PHASH_BYTES, MD5_BYTES = 32, 8, 16
 PDQ_MAX = 31
@@ -137,6 +145,25 @@ def index_only(sizes: list[int], rows: int, batch_size: int, rng: np.random.Gene
         del codes, index
 
 
+def both_ways(sizes: list[int], rows: int, rng: np.random.Generator) -> None:
+    """One batch of ``rows`` against each size, the usual way and turned round."""
+    print(f"PDQ multi-index search of one batch of {rows:,} rows, both ways round (CPU us per row)")
+    print(f"{'pdq entries':>11} {'usual':>8} {'turned':>8} {'chosen':>8}")
+    queries = random_codes(rng, rows, PDQ_BYTES)
+    for size in sizes:
+        index = _MultiIndexHamming(random_codes(rng, size, PDQ_BYTES), PDQ_MAX)
+        index.search(queries[:64], turned=True)  # compiled code loaded before timing
+        seconds, hits = [], []
+        for turned in (False, True):
+            started = time.process_time()
+            found = index.search(queries, turned=turned)
+            seconds.append(time.process_time() - started)
+            hits.append(set(zip(found[0].tolist(), found[1].tolist())))
+        assert hits[0] == hits[1], "the two ways round found different hits"
+        chosen = "turned" if index.turns_for(rows) else "usual"
+        print(f"{size:>11,} {seconds[0] / rows * 1e6:>8.2f} {seconds[1] / rows * 1e6:>8.2f} {chosen:>8}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,100000,1000000")
@@ -148,9 +175,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--index-only", action="store_true",
                         help="the PDQ index alone, from packed codes (no list entries)")
+    parser.add_argument("--both-ways", action="store_true",
+                        help="one batch of --rows against each size, usual and turned round")
     args = parser.parse_args(argv)
     faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
+    if args.both_ways:
+        both_ways([int(s) for s in args.sizes.split(",")], args.rows, rng)
+        return
     if args.index_only:
         index_only([int(s) for s in args.sizes.split(",")], args.rows, args.batch_size, rng)
         return

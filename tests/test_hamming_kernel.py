@@ -27,10 +27,17 @@ def brute_force(queries: np.ndarray, codes: np.ndarray, radius: int) -> set[tupl
 
 
 def searched(index: _MultiIndexHamming, queries: np.ndarray) -> set[tuple[int, int, int]]:
-    rows, ids, dist = index.search(queries)
-    hits = list(zip(rows.tolist(), ids.tolist(), dist.tolist()))
-    assert len(hits) == len(set(hits)), "a hit reported twice"
-    return set(hits)
+    """The hits of a search both ways round: the list's tables probed by the queries, and
+    an index of the queries probed by the entries (what a long batch gets). Both must
+    give every hit once, and the same hits."""
+    found = []
+    for turned in (False, True):
+        rows, ids, dist = index.search(queries, turned=turned)
+        hits = list(zip(rows.tolist(), ids.tolist(), dist.tolist()))
+        assert len(hits) == len(set(hits)), f"a hit reported twice (turned={turned})"
+        found.append(set(hits))
+    assert found[0] == found[1], "the two ways round disagree"
+    return found[0]
 
 
 def flip_bits(code: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -128,3 +135,20 @@ def test_threads_search_one_index_at_once():
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda batch: searched(index, batch), batches * 2))
     assert got == expected * 2
+
+
+def test_only_a_batch_far_longer_than_the_list_is_searched_turned_round():
+    """Where scripts/bench_match.py --both-ways measured turning to pay: from 10 rows an
+    entry, and 2^16 rows, on; never for a list too long for its batch to be indexed."""
+    rng = np.random.default_rng(3)
+    long_list = _MultiIndexHamming(rng.integers(0, 256, (100_000, 32), dtype=np.uint8), 31)
+    assert long_list.rows_per_batch == 1_000_000
+    assert long_list.turns_for(1_000_000) and long_list.turns_for(2_000_000)
+    assert not long_list.turns_for(999_999) and not long_list.turns_for(1024)
+    assert not long_list.turns_for(2_000_001)  # a batch index of more rows is not built
+    short_list = _MultiIndexHamming(rng.integers(0, 256, (1_000, 32), dtype=np.uint8), 31)
+    assert short_list.rows_per_batch == 65_536 and not short_list.turns_for(10_000)
+    too_long = _MultiIndexHamming(rng.integers(0, 256, (300_000, 32), dtype=np.uint8), 31)
+    assert too_long.rows_per_batch == 0 and not too_long.turns_for(2_000_000)
+    flat = HammingSearch.build(rng.integers(0, 256, (50, 32), dtype=np.uint8), np.full(50, 31.0))
+    assert flat.strategy == "flat" and flat.rows_per_batch == 0

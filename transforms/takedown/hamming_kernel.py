@@ -16,12 +16,14 @@ n entries:
   bucket.
 * ``ids``: the entries of each table, sorted by that table's key (int32).
 
-The search (``search_tables``) probes every key of each substring within its flips,
-skips empty buckets on the bitmap, and checks each candidate's full code. An entry
-within the radius can be reached through several tables; it is reported only from the
-first table that reaches it (its substring there within that table's flips), so each
-(row, entry) comes out once without a sort. The loop holds no Python object and runs
-without the GIL: threads of a worker can search one index at the same time.
+The search (``search_tables``) goes table after table, and in each probes every
+query's keys within the table's flips, skips empty buckets on the bitmap, and checks
+each candidate's full code. An entry within the radius can be reached through several
+tables; it is reported only from the first table that reaches it (its substring there
+within that table's flips), so each (row, entry) comes out once without a sort. The
+loop holds no Python object and runs without the GIL: threads of a worker can search
+one index at the same time. Nothing in it tells queries from entries: a long batch is
+indexed and probed by the list's entries the same way (``hamming.py``).
 
 Compiled code is cached on disk (``cache=True``) next to this file, or in the user's
 cache folder when that is not writable.
@@ -83,58 +85,60 @@ _RUN = 4  # ids copied per bucket without a branch (the ids array is padded by a
 
 @numba.njit(cache=True, nogil=True)
 def search_tables(queries, codes, ids, bitmap, rank, starts, slot_word, slot_shift, slot_width,
-                  slot_base, slot_flips, slot_masks, probe_begin, probe_mask, radius):
+                  slot_base, slot_flips, slot_masks, probe_begin, probe_mask, radius, in_key_order):
     """(query row, entry, bits apart) of every entry within ``radius`` of a query, each
     once. ``queries`` and ``codes``: (rows, words) uint64; per table (slot): the word,
     shift and width of its substring, its base bucket, its flips and its substring's
     bits as a (slots, words) mask; its probes' flip masks are
     ``probe_mask[probe_begin[slot]:probe_begin[slot + 1]]``.
 
-    Each query goes in passes, so that the random reads of a pass do not wait on each
-    other (and are prefetched ahead): the probes give the non-empty buckets (bitmap
-    only), the buckets their ranks, the ranks the candidates, whose codes are checked.
-    Buckets and candidates are kept in table order, so a table's share of them is a
-    range (``hit_begin``, ``candidate_begin``)."""
+    Table after table, every query: one table's bitmap, ranks and offsets stay in cache
+    while the batch probes it (query after query, all tables at once, read every table's
+    arrays from memory). Each query goes in passes, so that the random reads of a pass
+    do not wait on each other (and are prefetched ahead): the probes give the non-empty
+    buckets (bitmap only), the buckets their ranks, the ranks the candidates, whose codes
+    are checked. Hits come out by table, then by query row."""
     words = queries.shape[1]
-    slots = len(slot_word)
     one = np.uint64(1)
     hit_bucket = np.empty(len(probe_mask), dtype=np.int64)
-    hit_begin = np.zeros(slots + 1, dtype=np.int64)
-    candidate_begin = np.zeros(slots + 1, dtype=np.int64)
     capacity = 1024
     candidate = np.empty(capacity, dtype=np.int64)
     found = 0
     out_row = np.empty(64, dtype=np.int64)
     out_id = np.empty(64, dtype=np.int64)
     out_dist = np.empty(64, dtype=np.int64)
-    for row in range(queries.shape[0]):
-        hits = 0
-        for slot in range(slots):
-            hit_begin[slot] = hits
-            word = slot_word[slot]
-            shift = np.uint64(slot_shift[slot])
+    for slot in range(len(slot_word)):
+        word = slot_word[slot]
+        shift = np.uint64(slot_shift[slot])
+        straddles = slot_shift[slot] + slot_width[slot] > 64  # the substring spans two words
+        key_mask = (one << np.uint64(slot_width[slot])) - one
+        keys = np.empty(queries.shape[0], dtype=np.int64)
+        for row in range(queries.shape[0]):
             key = queries[row, word] >> shift
-            if slot_shift[slot] + slot_width[slot] > 64:
+            if straddles:
                 key |= queries[row, word + 1] << (np.uint64(64) - shift)
-            key &= (one << np.uint64(slot_width[slot])) - one
-            base = np.int64(key) | slot_base[slot]
+            keys[row] = np.int64(key & key_mask)
+        # In key order, neighbouring queries probe the same cache lines of the bitmap,
+        # ranks, offsets and ids: worth its sort when the tables outgrow the caches and
+        # the queries are few against them (a turned search: scripts/bench_match.py).
+        order = np.argsort(keys) if in_key_order else np.arange(queries.shape[0])
+        for row in order:
+            base = keys[row] | slot_base[slot]
+            hits = 0
             for probe in range(probe_begin[slot], probe_begin[slot + 1]):
                 bucket = base ^ probe_mask[probe]
                 # written always, kept only when the bucket holds an entry (no branch)
                 hit_bucket[hits] = bucket
                 hits += np.int64((bitmap[bucket >> 6] >> np.uint64(bucket & 63)) & one)
-        hit_begin[slots] = hits
-        # bucket -> its rank among the non-empty buckets (in place)
-        for i in range(hits):
-            if i + _AHEAD < hits:
-                _prefetch(rank, hit_bucket[i + _AHEAD] >> 6)
-            bucket = hit_bucket[i]
-            below = (one << np.uint64(bucket & 63)) - one
-            hit_bucket[i] = rank[bucket >> 6] + _popcount(bitmap[bucket >> 6] & below)
-        count = 0
-        for slot in range(slots):
-            candidate_begin[slot] = count
-            for i in range(hit_begin[slot], hit_begin[slot + 1]):
+            # bucket -> its rank among the non-empty buckets (in place)
+            for i in range(hits):
+                if i + _AHEAD < hits:
+                    _prefetch(rank, hit_bucket[i + _AHEAD] >> 6)
+                bucket = hit_bucket[i]
+                below = (one << np.uint64(bucket & 63)) - one
+                hit_bucket[i] = rank[bucket >> 6] + _popcount(bitmap[bucket >> 6] & below)
+            count = 0
+            for i in range(hits):
                 if i + 2 * _AHEAD < hits:
                     _prefetch(starts, hit_bucket[i + 2 * _AHEAD])
                 if i + _AHEAD < hits:
@@ -149,38 +153,34 @@ def search_tables(queries, codes, ids, bitmap, rank, starts, slot_word, slot_shi
                 for j in range(_RUN, length):
                     candidate[count + j] = ids[begin + j]
                 count += length
-        candidate_begin[slots] = count
-        slot = 0
-        for i in range(count):
-            if i + _AHEAD < count:
-                _prefetch(codes, candidate[i + _AHEAD])
-            entry = candidate[i]
-            distance = 0
-            for w in range(words):
-                distance += _popcount(codes[entry, w] ^ queries[row, w])
-            if distance > radius:
-                continue
-            while candidate_begin[slot + 1] <= i:
-                slot += 1
-            # Reached through an earlier table too? Then it is reported from there.
-            earlier = False
-            for other in range(slot):
-                part = 0
+            for i in range(count):
+                if i + _AHEAD < count:
+                    _prefetch(codes, candidate[i + _AHEAD])
+                entry = candidate[i]
+                distance = 0
                 for w in range(words):
-                    part += _popcount((codes[entry, w] ^ queries[row, w]) & slot_masks[other, w])
-                if part <= slot_flips[other]:
-                    earlier = True
-                    break
-            if earlier:
-                continue
-            if found == len(out_row):
-                out_row = _grow(out_row, found + 1)
-                out_id = _grow(out_id, found + 1)
-                out_dist = _grow(out_dist, found + 1)
-            out_row[found] = row
-            out_id[found] = entry
-            out_dist[found] = distance
-            found += 1
+                    distance += _popcount(codes[entry, w] ^ queries[row, w])
+                if distance > radius:
+                    continue
+                # Reached through an earlier table too? Then it is reported from there.
+                earlier = False
+                for other in range(slot):
+                    part = 0
+                    for w in range(words):
+                        part += _popcount((codes[entry, w] ^ queries[row, w]) & slot_masks[other, w])
+                    if part <= slot_flips[other]:
+                        earlier = True
+                        break
+                if earlier:
+                    continue
+                if found == len(out_row):
+                    out_row = _grow(out_row, found + 1)
+                    out_id = _grow(out_id, found + 1)
+                    out_dist = _grow(out_dist, found + 1)
+                out_row[found] = row
+                out_id[found] = entry
+                out_dist[found] = distance
+                found += 1
     return out_row[:found].copy(), out_id[:found].copy(), out_dist[:found].copy()
 
 
