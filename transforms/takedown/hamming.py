@@ -41,9 +41,11 @@ before: the same plans searched with numpy array operations instead of compiled 
 At 100k and 1M, before and after were run interleaved in one process (11 against 34,
 52 against 106 us/row; the same hits). The 10M index holds 305 MiB of codes, 420 MiB
 of ids (11 tables), 264 MiB of offsets and 21 MiB of bitmap and ranks (1.17 GB before:
-an offset for every bucket); its build, a counting sort per table (~30 s), needs no
-memory beyond that. The compiled code is cached on disk: a process loads it in about
-0.6 s of CPU; compiling it (the first run after an install) takes about 9 s once.
+an offset for every bucket); its build, a radix sort per table, takes ~6 s (~30 s by a
+counting sort) and 120 MB beyond that while it runs (``scripts/bench_list_memory.py``:
+peak RSS 1.46-1.67 GB for the worker). The compiled code is cached on disk: a process
+loads it in about 0.6 s of CPU; compiling it (the first run after an install) takes
+about 9 s once.
 
 faiss's own ``IndexBinaryMultiHash`` does the same lookup but was slower here (16 x 16
 bits, nflip 1: ~1.5 ms/row at 1M; 11 x 23 bits, nflip 2: ~0.45 ms/row after a 15 s
