@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from pipelines.audit import finish_summary, run_pipeline
@@ -48,6 +49,9 @@ from transforms.takedown import IndexSpec, TakedownIndex, Thresholds, kind_of, l
 from transforms.write import output_dir, read_json, summary_path
 
 MATCHES_TYPE = AUDIT_SCHEMA.field("matches").type
+# The most audit rows gathered into one batch to match, in bytes (about 1.2 M rows of
+# a fetched audit): see _RematchTables.
+REMATCH_BATCH_BYTES = 512 << 20
 
 
 def rematch_table(table: pa.Table, index: TakedownIndex,
@@ -82,9 +86,16 @@ def rematch_table(table: pa.Table, index: TakedownIndex,
 
 
 class _RematchTables(beam.DoFn):
-    def __init__(self, spec: IndexSpec, policy: PolicyInfo):
+    """Audit tables -> the same rows rematched, in batches as long as the index asks for
+    (``TakedownIndex.rows_per_batch``), within REMATCH_BATCH_BYTES. A batch many times
+    longer than a Hamming list is searched the other way round, the entries probing an
+    index of the rows (transforms/takedown/hamming.py): the search then costs per entry,
+    not per row, so the more rows share it the less each pays."""
+
+    def __init__(self, spec: IndexSpec, policy: PolicyInfo, batch_bytes: int = REMATCH_BATCH_BYTES):
         self._spec = spec
         self._policy = policy
+        self._batch_bytes = batch_bytes
         self._shared = shared.Shared()
 
     def setup(self):
@@ -96,9 +107,28 @@ class _RematchTables(beam.DoFn):
         # Rows audited are counted by the output tail, on their way into audit/.
         self._rows_in = Metrics.counter("audit", "rows_in")
 
+    def start_bundle(self):
+        self._tables: list[pa.Table] = []
+        self._rows = self._bytes = 0
+
     def process(self, table: pa.Table):
         self._rows_in.inc(table.num_rows)
-        yield rematch_table(table, self._index, self._remove, self._review)
+        # In the audit schema, so that a batch's tables concatenate (an older audit's
+        # tables read with fewer columns).
+        self._tables.append(conform_table(table, AUDIT_SCHEMA))
+        self._rows += table.num_rows
+        self._bytes += table.nbytes
+        if self._rows >= self._index.rows_per_batch or self._bytes >= self._batch_bytes:
+            yield self._rematch()
+
+    def finish_bundle(self):
+        if self._tables:
+            yield GlobalWindows.windowed_value_at_end_of_window(self._rematch())
+
+    def _rematch(self) -> pa.Table:
+        tables, self._tables, self._rows, self._bytes = self._tables, [], 0, 0
+        batch = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        return rematch_table(batch, self._index, self._remove, self._review)
 
 
 @dataclasses.dataclass
@@ -175,11 +205,13 @@ def rematch_manifest(plan: RematchPlan) -> RunManifest:
 def build_rematch(pipeline: beam.Pipeline, plan: RematchPlan) -> None:
     tables = (
         pipeline
-        # Typed as tables so that the Reshuffle moves them with the Arrow coder
-        # (transforms/table_coder.py), not by pickling each one.
+        # No Reshuffle after the read: the parquet source splits by row group (and
+        # Dataflow rebalances its splits), so the reads spread the work already, and
+        # moving every table through a shuffle would cost more than matching it. Typed
+        # as tables so that whatever moves them uses the Arrow coder
+        # (transforms/table_coder.py), not pickling.
         | "ReadAudit" >> beam.io.ReadFromParquetBatched(output_dir(plan.audit_dir, "audit/*.parquet"))
         .with_output_types(pa.Table)
-        | "Spread" >> beam.Reshuffle().with_output_types(pa.Table)
         | "Rematch" >> beam.ParDo(_RematchTables(plan.index, plan.policy)).with_output_types(pa.Table)
     )
     rows_in = pipeline | "RowsIn" >> beam.Create([plan.rows_in])

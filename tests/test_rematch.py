@@ -4,7 +4,7 @@ from pipelines.rematch import rematch_table
 from tests.conftest import run_transform
 from transforms.outputs import RecordsToTables
 from transforms.policy import compile_policies
-from transforms.records import AUDIT_SCHEMA, audit_row, new_record
+from transforms.records import AUDIT_SCHEMA, audit_row, conform_table, new_record
 from transforms.takedown import TakedownEntry, TakedownIndex
 from transforms.write import SummaryFn, summary_counts
 
@@ -62,6 +62,7 @@ def test_rematch_reads_an_audit_written_before_the_evidence_columns():
     assert out.schema == AUDIT_SCHEMA
     assert out.column("robots_txt").null_count == out.num_rows
     assert out.column("action").to_pylist() == rematch_table(full, index).column("action").to_pylist()
+
 
 def test_rematch_matches_column_equals_the_per_row_matches():
     import numpy as np
@@ -160,3 +161,53 @@ def test_table_summary_equals_the_row_summary():
         for key, value in expected.items():
             assert summary[key] == value, (name, key)
         assert summary.keys() == expected.keys(), name
+
+
+def _pdq_list(path, entries: int) -> str:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(entries)
+    values = [rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex() for _ in range(entries - 1)] + [PDQ]
+    pq.write_table(pa.table({"list_id": ["new"] * entries, "entry_id": [f"e{i}" for i in range(entries)],
+                             "kind": ["pdq"] * entries, "value": values}), path)
+    return str(path)
+
+
+def _rematched(dofn, tables: list[pa.Table]) -> list[pa.Table]:
+    """What the DoFn yields for ``tables`` in one bundle: (after which table, the batch)."""
+    dofn.setup()
+    dofn.start_bundle()
+    out = [(i, t) for i, table in enumerate(tables) for t in dofn.process(table)]
+    out += [(len(tables), w.value) for w in dofn.finish_bundle()]
+    return out
+
+
+def test_rematch_gathers_audit_tables_into_the_batch_the_index_asks_for(tmp_path):
+    """A 100 k-entry PDQ list is searched turned round for batches of 1 M rows, so the
+    rematch gathers tables up to that (or its byte cap) before matching; a short list
+    is matched table by table. Either way every row comes out once, rematched as one
+    table would be, an older audit's tables alongside current ones."""
+    from pipelines.manifest import PolicyInfo
+    from pipelines.rematch import _RematchTables
+    from transforms.takedown import IndexSpec
+
+    full = pa.Table.from_pylist(_rows(), schema=AUDIT_SCHEMA)
+    tables = [full, full.drop_columns(["robots_txt", "opt_out_headers"]), full.slice(0, 2)]
+    long_spec = IndexSpec(paths=(_pdq_list(tmp_path / "long.parquet", 100_000),))
+    assert long_spec.build().rows_per_batch == 1_000_000
+
+    gathered = _rematched(_RematchTables(long_spec, PolicyInfo()), tables)
+    assert [(after, t.num_rows) for after, t in gathered] == [(3, 14)]
+    as_read = pa.concat_tables([conform_table(t, AUDIT_SCHEMA) for t in tables])  # the old one's columns null
+    expected = rematch_table(as_read, long_spec.build())
+    assert gathered[0][1].equals(expected)
+    assert gathered[0][1].column("action").to_pylist()[:6] == ["remove", "keep", "review", "keep", "keep", "keep"]
+
+    capped = _rematched(_RematchTables(long_spec, PolicyInfo(), batch_bytes=1), tables)
+    assert [(after, t.num_rows) for after, t in capped] == [(0, 6), (1, 6), (2, 2)]
+
+    short_spec = IndexSpec(paths=(_pdq_list(tmp_path / "short.parquet", 3),))
+    one_by_one = _rematched(_RematchTables(short_spec, PolicyInfo()), tables)
+    assert [(after, t.num_rows) for after, t in one_by_one] == [(0, 6), (1, 6), (2, 2)]
+    assert pa.concat_tables([t for _, t in one_by_one]).equals(rematch_table(as_read, short_spec.build()))

@@ -165,7 +165,7 @@ def test_rematch_graph_round_trips_on_the_cloud_runners(audited, tmp_path, no_re
     assert runner.name == runner_name
     plan = plan_rematch(str(audited["audit"]), [str(audited["new_list"])], str(tmp_path / "out"))
     options, names = _round_trip(runner, lambda p: build_rematch(p, plan))
-    for stage in ("ReadAudit", "Spread", "Rematch", "RowsIn", "WriteOutputs/WriteAudit", "WriteOutputs/WriteReview",
+    for stage in ("ReadAudit", "Rematch", "RowsIn", "WriteOutputs/WriteAudit", "WriteOutputs/WriteReview",
                   "WriteOutputs/WriteRemovals", "WriteOutputs/WriteClean", "WriteOutputs/WriteSummary"):
         assert stage in names, stage
     _check_options(options, runner_name)

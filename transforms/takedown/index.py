@@ -139,6 +139,13 @@ class TakedownIndex:
         return getattr(self.index_of(kind), "strategy", None)
 
     @property
+    def rows_per_batch(self) -> int:
+        """The rows a batch should hold for its search to cost about the least per row: a
+        Hamming search turns round for a batch much longer than its list (hamming.py).
+        0 where the length of a batch makes no difference."""
+        return max((getattr(part.index, "rows_per_batch", 0) for part in self._parts.values()), default=0)
+
+    @property
     def columns(self) -> tuple[str, ...]:
         """The row columns ``match_columns`` reads for the kinds this index holds."""
         parts = [self._parts[k].kind.columns for k in self.kinds]
