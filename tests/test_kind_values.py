@@ -298,3 +298,28 @@ def test_thresholds_default_to_each_kind_and_take_overrides():
 def test_thresholds_exist_only_for_distance_kinds(kind):
     with pytest.raises(ValueError, match=f"no threshold for kind '{kind}'"):
         Thresholds({kind: 1})
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_hex_codes_of_an_arrow_column_equal_those_of_its_cells_as_a_list(exact):
+    """Rows reach the Hamming kinds as Arrow columns in a rematch and as lists elsewhere:
+    the same cells give the same (position, code) pairs either way, odd cells included
+    (blanks between bytes, upper case, wrong length, not hex, empty, not text)."""
+    import pyarrow as pa
+
+    from transforms.takedown.values import hex_codes
+
+    good = "0f" * 8
+    cells = [None, good, good.upper(), f"{good[:8]} {good[8:]}", good[:-2], "zz" * 8, "", good + "0",
+             f"  {good}", "1e" * 8]
+    as_list = hex_codes(cells, 8, exact)
+    assert as_list[0].tolist() == ([1, 2, 3, 8, 9] if not exact else [1, 2, 9])
+    for column in (pa.array(cells), pa.chunked_array([cells[:4], cells[4:]]), pa.array(cells, pa.large_string())):
+        positions, codes = hex_codes(column, 8, exact)
+        order = np.argsort(positions)
+        assert positions[order].tolist() == as_list[0].tolist()
+        assert np.array_equal(codes[order], as_list[1])
+    positions, codes = hex_codes(pa.array([good] * 3), 8, exact)  # the usual column: decoded in bulk
+    assert positions.tolist() == [0, 1, 2] and codes.shape == (3, 8)
+    assert len(hex_codes(pa.nulls(4, pa.string()), 8, exact)[0]) == 0
+    assert len(hex_codes(pa.array([1, 2]), 8, exact)[0]) == 0

@@ -58,6 +58,26 @@ def _column_list(values: Any) -> Any:
     return values
 
 
+class _AsLists(Mapping[str, Any]):
+    """A batch's columns for the kinds that read lists: each Arrow column made a Python
+    list when first read, once for all of them."""
+
+    def __init__(self, columns: Mapping[str, Any]) -> None:
+        self._columns = columns
+        self._lists: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._lists:
+            self._lists[name] = _column_list(self._columns[name])
+        return self._lists[name]
+
+    def __iter__(self):
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+
 class TakedownIndex:
     """All entries of the takedown lists, searchable a batch of rows at a time.
 
@@ -187,7 +207,7 @@ class TakedownIndex:
 
     def _match(self, columns: Mapping[str, Any], rows: int | None) -> tuple[int, np.ndarray, list[list[dict]]]:
         """(rows, the rows that hit ascending, each one's matches)."""
-        data = {name: _column_list(values) for name, values in columns.items() if values is not None}
+        data = {name: values for name, values in columns.items() if values is not None}
         lengths = {len(values) for values in data.values()}
         if rows is None:
             if len(lengths) > 1:
@@ -197,9 +217,10 @@ class TakedownIndex:
             raise ValueError(f"columns must all have {rows} rows, got {sorted(lengths)}")
         found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         if rows and len(self._entries):
+            as_lists = _AsLists(data)
             for name in self.kinds:
                 kind, index, entries, _ = self._parts[name]
-                found_rows, found_entries, distances = index.query(kind.rows(data, rows))
+                found_rows, found_entries, distances = index.query(kind.rows(data if kind.arrow_rows else as_lists, rows))
                 if not len(found_rows):
                     continue
                 found_entries = np.asarray(found_entries, dtype=np.int64)

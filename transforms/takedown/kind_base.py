@@ -31,6 +31,7 @@ class Kind(abc.ABC):
     columns: ClassVar[tuple[str, ...]]  # the audit columns ``rows`` reads; the first holds the value
     can_hash_photo: ClassVar[bool] = False  # from_photo works on a photo alone
     needs_embedding: ClassVar[bool] = False  # values come from an embedding model, not a hash
+    arrow_rows: ClassVar[bool] = False  # ``rows`` takes Arrow columns as they come (else lists)
 
     # -- list values
 
@@ -76,7 +77,8 @@ class Kind(abc.ABC):
     @abc.abstractmethod
     def rows(self, columns: Columns, n: int) -> RowValues:
         """This kind's values of a batch of ``n`` rows, as its index's ``query`` takes
-        them. ``columns`` maps audit column names to lists (or numpy arrays) of n cells;
+        them. ``columns`` maps audit column names to lists (or numpy arrays) of n cells,
+        or, for a kind with ``arrow_rows``, also to Arrow arrays as a caller has them;
         absent columns and None / malformed cells give no value."""
 
     # -- the index

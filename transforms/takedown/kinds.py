@@ -214,6 +214,7 @@ class HammingKind(Kind):
     ``build`` takes the option ``hamming_strategy`` ("auto", "flat", "mih")."""
 
     exact = False
+    arrow_rows = True  # hex_codes decodes an Arrow column in bulk
     digits: ClassVar[int]
 
     @property
