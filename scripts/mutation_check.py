@@ -111,6 +111,10 @@ MUTATIONS: tuple[Mutation, ...] = (
       "keys[i] = normalize_url(url)", "keys[i] = url", MATCH_TESTS),
     M("match/multi-index-radius-exclusive", "transforms/takedown/hamming_kernel.py",
       "if distance > radius:", "if distance >= radius:", MATCH_TESTS),
+    M("match/turned-search-rows-for-entries", "transforms/takedown/hamming.py",
+      "        return entries, rows, distances", "        return rows, entries, distances", MATCH_TESTS),
+    M("match/radix-build-loses-a-bucket-run", "transforms/takedown/hamming_kernel.py",
+      "if i == 0 or keys[i] != keys[i - 1]:", "if i == 0 or keys[i] > keys[i - 1] + 1:", MATCH_TESTS),
     M("match/flat-scan-radius-exclusive", "transforms/takedown/hamming.py",
       "range_search(queries, self.radius + 1)", "range_search(queries, self.radius)", MATCH_TESTS),
     # ---------------------------------------------------------------- decide
