@@ -138,17 +138,19 @@ def test_threads_search_one_index_at_once():
 
 
 def test_only_a_batch_far_longer_than_the_list_is_searched_turned_round():
-    """Where scripts/bench_match.py --both-ways measured turning to pay: from 10 rows an
-    entry, and 2^16 rows, on; never for a list too long for its batch to be indexed."""
+    """Where scripts/bench_match.py --both-ways measured turning to pay: from 4 rows an
+    entry, and 2^16 rows, on, up to 2 M rows; batches of 10 rows an entry gathered."""
     rng = np.random.default_rng(3)
     long_list = _MultiIndexHamming(rng.integers(0, 256, (100_000, 32), dtype=np.uint8), 31)
     assert long_list.rows_per_batch == 1_000_000
-    assert long_list.turns_for(1_000_000) and long_list.turns_for(2_000_000)
-    assert not long_list.turns_for(999_999) and not long_list.turns_for(1024)
+    assert long_list.turns_for(400_000) and long_list.turns_for(2_000_000)
+    assert not long_list.turns_for(399_999) and not long_list.turns_for(1024)
     assert not long_list.turns_for(2_000_001)  # a batch index of more rows is not built
     short_list = _MultiIndexHamming(rng.integers(0, 256, (1_000, 32), dtype=np.uint8), 31)
     assert short_list.rows_per_batch == 65_536 and not short_list.turns_for(10_000)
-    too_long = _MultiIndexHamming(rng.integers(0, 256, (300_000, 32), dtype=np.uint8), 31)
+    longer = _MultiIndexHamming(rng.integers(0, 256, (300_000, 32), dtype=np.uint8), 31)
+    assert longer.rows_per_batch == 2_000_000 and not longer.turns_for(1_000_000)
+    too_long = _MultiIndexHamming(rng.integers(0, 256, (600_000, 32), dtype=np.uint8), 31)
     assert too_long.rows_per_batch == 0 and not too_long.turns_for(2_000_000)
     flat = HammingSearch.build(rng.integers(0, 256, (50, 32), dtype=np.uint8), np.full(50, 31.0))
     assert flat.strategy == "flat" and flat.rows_per_batch == 0

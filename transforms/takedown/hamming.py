@@ -22,7 +22,7 @@ threshold, and agreement with a full scan):
   a bitmap of non-empty buckets answers the probes, offsets are kept for non-empty
   buckets only, each hit comes out once without a sort.
 
-  A batch at least ten times as long as the list (a rematch's: a whole audit against
+  A batch at least four times as long as the list (a rematch's: a whole audit against
   a list) is searched turned round: the batch is indexed the same way and the list's
   entries probe it, so the probes grow with the list, not the batch (a 100k list, 1M
   rows: 3.0 us/row, 6.7 the usual way; ``_MultiIndexHamming.rows_per_batch``).
@@ -88,7 +88,9 @@ _NS_PER_HIT = (12.0, 35.0)
 _NS_PER_CANDIDATE = (12.0, 30.0)
 _NS_PER_TABLE = 10.0  # a query's key in each table
 # A batch searched turned round (_MultiIndexHamming.search): rows per list entry from
-# which it pays, the fewest rows worth an index, the most indexed at once (about 150 MB).
+# which it pays and at which it costs near its least, the fewest rows worth an index,
+# the most indexed at once (about 150 MB).
+_TURNS_FROM_ROWS_PER_ENTRY = 4
 _TURNED_ROWS_PER_ENTRY = 10
 _TURNED_MIN_ROWS = 1 << 16
 _TURNED_MAX_ROWS = 2_000_000
@@ -255,20 +257,21 @@ class _MultiIndexHamming:
         return entries, rows, distances
 
     def turns_for(self, rows: int) -> bool:
-        """Whether a batch of ``rows`` is searched turned round: from ``rows_per_batch``
-        rows on, up to _TURNED_MAX_ROWS."""
-        return 0 < self.rows_per_batch <= rows <= _TURNED_MAX_ROWS
+        """Whether a batch of ``rows`` is searched turned round: from 4 rows a list
+        entry (and 2^16 rows) on, up to _TURNED_MAX_ROWS. Measured with
+        ``scripts/bench_match.py --both-ways`` (CPU us per row, the usual way against
+        turned): a 100k list, 1M rows 6.7 against 3.0, 600k 7.7 / 3.7, 400k 6.8 / 4.7,
+        but 200k 6.5 / 10.8; a 50k list, 250k rows 4.9 / 2.4; a 10k list, 1M rows 2.0 /
+        0.9; a 1k list, 65k rows 1.5 / 1.2, 4k rows 1.1 / 12.4."""
+        return max(_TURNS_FROM_ROWS_PER_ENTRY * self._n, _TURNED_MIN_ROWS) <= rows <= _TURNED_MAX_ROWS
 
     @functools.cached_property
     def rows_per_batch(self) -> int:
-        """The batch length from which this list is searched turned round: 10 rows an
-        entry, at least 2^16 (0: never, the list being too long for such a batch to be
-        indexed). Measured with ``scripts/bench_match.py --both-ways`` (CPU us per row,
-        the usual way against turned): a 100 k list, 1 M rows 6.7 against 3.0, 800 k
-        7.1 / 2.9, but 200 k 6.5 / 10.8; a 10 k list, 100 k rows 1.6 / 1.6, 1 M 2.0 /
-        0.9; a 1 k list, 65 k rows 1.5 / 1.2, 4 k rows 1.1 / 12.4."""
-        rows = max(_TURNED_ROWS_PER_ENTRY * self._n, _TURNED_MIN_ROWS)
-        return rows if rows <= _TURNED_MAX_ROWS else 0
+        """The batch length to gather for this list, where a turned search costs near its
+        least per row: 10 rows an entry, within the turned limits (0: no batch is
+        searched turned round, the list being too long for such a batch)."""
+        rows = min(max(_TURNED_ROWS_PER_ENTRY * self._n, _TURNED_MIN_ROWS), _TURNED_MAX_ROWS)
+        return rows if self.turns_for(rows) else 0
 
     def _search_words(self, queries: np.ndarray, in_key_order: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from transforms.takedown.hamming_kernel import search_tables
