@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="core-ms per row of configs/laion5b-embeddings.yaml (published embeddings, "
                              "zero-shot classification, caption flags, decide, outputs): "
                              "`python scripts/bench_classify.py --rows 20000` (slope between 20k and 40k rows)")
-    parser.add_argument("--rematch-core-ms", type=float, default=0.09,
+    parser.add_argument("--rematch-core-ms", type=float, default=0.06,
                         help="core-ms per row of rematch against a 1 M-entry PDQ list: PDQ search "
-                             "`python scripts/bench_match.py --index-only` at 1M entries (0.050-0.067) + the "
-                             "rematch pipeline around its search, `python scripts/bench_rematch.py` (0.026-0.035 "
-                             "at 100k entries, of which 0.011-0.016 is the search)")
+                             "`python scripts/bench_match.py --index-only` at 1M entries (0.050-0.056; a "
+                             "list that long is searched the usual way) + the rematch pipeline around "
+                             "its search, `python scripts/bench_rematch.py` (0.005 per row beyond start-up "
+                             "at 100k entries, between 1M and 3M rows, of which 0.003 is the search)")
     args = parser.parse_args(argv)
 
     rows = args.rows
