@@ -323,3 +323,33 @@ def test_hex_codes_of_an_arrow_column_equal_those_of_its_cells_as_a_list(exact):
     assert positions.tolist() == [0, 1, 2] and codes.shape == (3, 8)
     assert len(hex_codes(pa.nulls(4, pa.string()), 8, exact)[0]) == 0
     assert len(hex_codes(pa.array([1, 2]), 8, exact)[0]) == 0
+
+
+def test_exact_digest_rows_match_the_same_from_arrow_columns_and_from_lists():
+    """md5 / sha256 / url_sha256 rows are looked up as packed digests: a digest with
+    blanks around it or in upper case matches as a list value does, from an Arrow column
+    as from a list; a url_sha256 list matches rows that carry only their URL."""
+    import pyarrow as pa
+
+    from transforms.takedown import TakedownEntry, TakedownIndex
+
+    md5 = hashlib.md5(b"photo").hexdigest()
+    url = "http://example.com/a.jpg"
+    index = TakedownIndex([TakedownEntry("l", "m", "md5", md5.upper()),
+                           TakedownEntry("l", "u", "url_sha256", url_sha256_of(url))])
+    cells = [None, md5, f"  {md5.upper()}\n", md5[:-1], "", f"{md5[:8]} {md5[8:]}", "zz" * 16]
+    expected = [[], ["m"], ["m"], [], [], [], []]
+    for column in (cells, pa.array(cells), pa.chunked_array([cells[:3], cells[3:]])):
+        got = index.match_columns({"content_md5": column}, rows=len(cells))
+        assert [[m["entry_id"] for m in ms] for ms in got] == expected
+    urls = [url, "http://example.com/other.jpg", None]
+    for column in (urls, pa.array(urls)):
+        got = index.match_columns({"url": column}, rows=3)
+        assert [[m["entry_id"] for m in ms] for ms in got] == [["u"], [], []]
+
+
+def test_an_exact_entry_that_is_not_a_digest_is_refused_when_indexed():
+    from transforms.takedown import TakedownEntry, TakedownIndex
+
+    with pytest.raises(ValueError, match=r"entry 'bad' of list 'l': md5 value is not 32 hex digits"):
+        TakedownIndex([TakedownEntry("l", "ok", "md5", "ab" * 16), TakedownEntry("l", "bad", "md5", "xyz")])

@@ -90,9 +90,11 @@ PDQ_MIN_QUALITY = 50
 
 
 class HexExactKind(Kind):
-    """An exact kind whose value is a hex digest, looked up lowercased."""
+    """An exact kind whose value is a hex digest, looked up as its bytes (packed codes,
+    ``HexExactSet``): a row's digest stripped, in either case, as list values are."""
 
     digits: ClassVar[int]
+    arrow_rows = True  # hex_codes decodes an Arrow column in bulk
 
     def validate(self, value: str) -> str:
         return normalize_hex(value, self.digits, self.name)
@@ -109,14 +111,17 @@ class HexExactKind(Kind):
     def rows(self, columns: Columns, n: int) -> RowValues:
         column = self._column(columns)
         if column is None:
-            return RowValues(None, ())
-        return RowValues(None, [v.strip().lower() if isinstance(v, str) and v else None for v in column])
+            return RowValues(np.zeros(0, dtype=np.int64), np.zeros((0, self.digits // 2), dtype=np.uint8))
+        return RowValues(*hex_codes(column, self.digits // 2, exact=True, strip=True))
 
-    def build(self, values: Sequence[str] | np.ndarray, thresholds: np.ndarray,
-              **options: Any) -> ExactSet | HexExactSet:
+    def build(self, values: Sequence[str] | np.ndarray, thresholds: np.ndarray, **options: Any) -> HexExactSet:
         if isinstance(values, np.ndarray):  # packed codes from a list file
             return HexExactSet.build(values)
-        return ExactSet.build([(v.strip().lower(),) for v in values])
+        positions, codes = hex_codes(list(values), self.digits // 2, exact=True, strip=True)
+        if len(positions) != len(values):
+            bad = int(np.setdiff1d(np.arange(len(values)), positions)[0])
+            raise BadEntryValue(bad, f"{self.name} value is not {self.digits} hex digits")
+        return HexExactSet.build(codes)
 
 
 class UrlKind(Kind):
@@ -182,8 +187,11 @@ class UrlSha256Kind(HexExactKind):
 
     def _column(self, columns: Columns) -> Sequence[Any] | None:
         column = columns.get("url_sha256")
-        if column is None and columns.get("url") is not None:
-            column = [url_sha256_of(u) if isinstance(u, str) and u else None for u in columns["url"]]
+        urls = columns.get("url")
+        if column is None and urls is not None:
+            if isinstance(urls, (pa.Array, pa.ChunkedArray)):
+                urls = urls.to_pylist()
+            column = [url_sha256_of(u) if isinstance(u, str) and u else None for u in urls]
         return column
 
 

@@ -1,7 +1,7 @@
 """The indexes behind the kinds, one interface for all of them.
 
-Every kind is served by one index type: ``ExactSet`` (a hash table, the exact kinds;
-``HexExactSet``, sorted packed codes, for hex digests loaded from a list file),
+Every kind is served by one index type: ``ExactSet`` (a hash table: the url kind),
+``HexExactSet`` (sorted packed codes: the hex digest kinds),
 ``HammingSearch`` (``transforms.takedown.hamming``: pdq, phash) or ``CosineSearch``
 (faiss inner product: clip). Each is made by its kind (``Kind.build(values,
 thresholds)``) from the kind's list values and one threshold per entry, and answers
@@ -21,8 +21,6 @@ from typing import Any, NamedTuple, Protocol
 
 import faiss
 import numpy as np
-
-from transforms.takedown.values import hex_codes
 
 # Cosines are computed in float32; a vector compared with itself can come out a few
 # ulps under 1, so a cosine this close under an entry's threshold still matches.
@@ -101,8 +99,8 @@ class ExactSet:
 class HexExactSet:
     """Exact kinds whose values are hex digests, held as packed codes (no Python object
     per entry): the codes sorted by their first 8 bytes, a row's candidates found by
-    binary search on those and checked on every byte. Rows give hex strings (None: no
-    value), as ``HexExactKind.rows`` reads them."""
+    binary search on those and checked on every byte. Rows give their positions and
+    packed digests, as ``HexExactKind.rows`` reads them."""
 
     def __init__(self, codes: np.ndarray, order: np.ndarray, prefixes: np.ndarray) -> None:
         self._codes = codes
@@ -125,11 +123,9 @@ class HexExactSet:
         return cls(codes, order, prefixes[order])
 
     def query(self, rows: RowValues) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        positions, keys = rows
-        if not len(self._codes):
-            return no_hits()
-        found, codes = hex_codes(list(keys), self._codes.shape[1], exact=True)  # as ExactSet compares
-        if not len(found):
+        """``rows``: (batch rows, their digests as (rows, bytes) uint8)."""
+        found, codes = rows
+        if not len(self._codes) or not len(found):
             return no_hits()
         prefix = self._prefix(codes)
         lo = np.searchsorted(self._prefixes, prefix, side="left")
@@ -142,10 +138,7 @@ class HexExactSet:
         slot = np.arange(int(ends[-1])) - np.repeat(ends - count, count) + np.repeat(lo, count)
         entry = self._order[slot]
         same = (self._codes[entry] == codes[query]).all(axis=1)
-        hit_rows = found[query[same]]
-        if positions is not None:
-            hit_rows = positions[hit_rows]
-        return hit_rows, entry[same].astype(np.int64), np.zeros(int(same.sum()), dtype=np.float64)
+        return found[query[same]], entry[same].astype(np.int64), np.zeros(int(same.sum()), dtype=np.float64)
 
 
 class CosineSearch:

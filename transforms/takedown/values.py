@@ -62,21 +62,25 @@ def hex_to_bits_uint8(value: str | Sequence[str]) -> np.ndarray:
 
 
 def hex_codes(values: Sequence[Any] | pa.Array | pa.ChunkedArray, nbytes: int,
-              exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+              exact: bool = False, strip: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(positions, uint8 codes) of the values that are hex hashes of ``nbytes`` bytes.
     ``bytes.fromhex`` skips blanks between bytes; ``exact``: a value must also be
     exactly ``2 * nbytes`` characters, so a digest with a blank inside is none (as an
-    exact string comparison has it). An Arrow column's well-formed cells are decoded in
-    bulk, the few others (not nulls) as the same cells in a list would be."""
+    exact string comparison has it); ``strip``: blanks around a value go first (an
+    exact kind's rows, compared as a list value is, stripped and in either case). An
+    Arrow column's well-formed cells are decoded in bulk, the few others (not nulls) as
+    the same cells in a list would be."""
     width = 2 * nbytes
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         ok, codes = parse_hex_column(values, width)
         positions = np.flatnonzero(ok)
         others = np.flatnonzero(~ok & values.is_valid().to_numpy(zero_copy_only=False))
         if others.size:
-            rows, more = hex_codes(values.take(pa.array(others)).to_pylist(), nbytes, exact)
+            rows, more = hex_codes(values.take(pa.array(others)).to_pylist(), nbytes, exact, strip)
             positions, codes = np.concatenate([positions, others[rows]]), np.concatenate([codes, more])
         return positions.astype(np.int64), codes
+    if strip:
+        values = [v.strip() if isinstance(v, str) else v for v in values]
     if values and all(isinstance(v, str) and len(v) == width for v in values):
         try:  # the usual batch: every row hashed; one decode for all of them
             blob = bytes.fromhex("".join(values))
