@@ -81,6 +81,8 @@ def test_a_toy_exact_kind_is_written_loaded_and_matched(toy_kinds, tmp_path):
     results = index.match_batch(rows)
     assert results == [[{"list_id": "captions", "entry_id": "c1", "kind": "caption_sha1", "distance": 0.0,
                          "reason": "name"}], [], [], []]
+    # Its own rows() reads lists: an Arrow column reaches it as one (Kind.arrow_rows).
+    assert not CaptionSha1Kind.arrow_rows and DhashKind.arrow_rows
     by_arrow = index.match_columns({"caption": pa.array([r.get("caption") for r in rows])})
     assert by_arrow == results
     assert kind_of("caption_sha1").record_value(rows[0]) == entries[0].value

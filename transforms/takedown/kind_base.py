@@ -33,6 +33,12 @@ class Kind(abc.ABC):
     needs_embedding: ClassVar[bool] = False  # values come from an embedding model, not a hash
     arrow_rows: ClassVar[bool] = False  # ``rows`` takes Arrow columns as they come (else lists)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A class that writes its own ``rows`` is given lists unless it says it takes Arrow.
+        if "rows" in cls.__dict__ and "arrow_rows" not in cls.__dict__:
+            cls.arrow_rows = False
+
     # -- list values
 
     @abc.abstractmethod

@@ -269,6 +269,7 @@ class PdqKind(HammingKind):
     name = "pdq"
     digits = 64
     columns = ("pdq", "pdq_quality")
+    arrow_rows = True  # its rows: HammingKind's, and the quality as numbers
     default_threshold = 31
     can_hash_photo = True
     min_quality: ClassVar[int] = PDQ_MIN_QUALITY

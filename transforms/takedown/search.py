@@ -22,6 +22,8 @@ from typing import Any, NamedTuple, Protocol
 import faiss
 import numpy as np
 
+from transforms.takedown.values import hex_codes
+
 # Cosines are computed in float32; a vector compared with itself can come out a few
 # ulps under 1, so a cosine this close under an entry's threshold still matches.
 COSINE_TOLERANCE = 1e-6
@@ -123,8 +125,11 @@ class HexExactSet:
         return cls(codes, order, prefixes[order])
 
     def query(self, rows: RowValues) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``rows``: (batch rows, their digests as (rows, bytes) uint8)."""
+        """``rows``: (batch rows, their digests as (rows, bytes) uint8), or (None, one hex
+        string or None per batch row), as a kind that reads its own rows may give them."""
         found, codes = rows
+        if found is None:
+            found, codes = hex_codes(list(codes), self._codes.shape[1], exact=True, strip=True)
         if not len(self._codes) or not len(found):
             return no_hits()
         prefix = self._prefix(codes)
