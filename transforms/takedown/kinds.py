@@ -5,7 +5,8 @@ As in python-threatexchange's ``signal_type/``, each kind says in one place
 * how to validate and normalise a list value (``validate``, ``check_max_distance``);
 * which audit columns hold its value and how to read them for a whole batch
   (``columns``, ``rows``; ``record_value`` for one record), with its fallbacks and
-  quality gate;
+  quality gate; ``rows`` is given lists, or Arrow columns as they come where the class
+  says ``arrow_rows`` (a class that writes its own ``rows`` must say it again);
 * how two values compare (``distance``, ``is_match``);
 * which index serves it: ``build(values, thresholds)`` gives an index whose
   ``query(kind.rows(columns, n))`` returns (batch row, entry, distance) arrays
