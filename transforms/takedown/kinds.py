@@ -90,6 +90,16 @@ PDQ_MIN_QUALITY = 50
 # ------------------------------------------------------------------------------ kinds
 
 
+def _entry_codes(kind: HexExactKind | HammingKind, values: Sequence[str], **hex_options: bool) -> np.ndarray:
+    """A hex kind's list values (strings) as packed codes, read as ``hex_codes`` reads
+    them; BadEntryValue at the first that is not a hash of the kind's digits."""
+    positions, codes = hex_codes(list(values), kind.digits // 2, **hex_options)
+    if len(positions) != len(values):
+        bad = int(np.setdiff1d(np.arange(len(values)), positions)[0])
+        raise BadEntryValue(bad, f"{kind.name} value is not {kind.digits} hex digits")
+    return codes
+
+
 class HexExactKind(Kind):
     """An exact kind whose value is a hex digest, looked up as its bytes (packed codes,
     ``HexExactSet``): a row's digest stripped, in either case, as list values are."""
@@ -118,11 +128,7 @@ class HexExactKind(Kind):
     def build(self, values: Sequence[str] | np.ndarray, thresholds: np.ndarray, **options: Any) -> HexExactSet:
         if isinstance(values, np.ndarray):  # packed codes from a list file
             return HexExactSet.build(values)
-        positions, codes = hex_codes(list(values), self.digits // 2, exact=True, strip=True)
-        if len(positions) != len(values):
-            bad = int(np.setdiff1d(np.arange(len(values)), positions)[0])
-            raise BadEntryValue(bad, f"{self.name} value is not {self.digits} hex digits")
-        return HexExactSet.build(codes)
+        return HexExactSet.build(_entry_codes(self, values, exact=True, strip=True))
 
 
 class UrlKind(Kind):
@@ -256,11 +262,7 @@ class HammingKind(Kind):
     def build(self, values: Sequence[str] | np.ndarray, thresholds: np.ndarray, **options: Any) -> HammingSearch:
         if isinstance(values, np.ndarray):  # packed codes from a list file
             return HammingSearch.build(values, thresholds, **options)
-        positions, codes = hex_codes(values, self.digits // 2)
-        if len(positions) != len(values):
-            bad = int(np.setdiff1d(np.arange(len(values)), positions)[0])
-            raise BadEntryValue(bad, f"{self.name} value is not {self.digits} hex digits")
-        return HammingSearch.build(codes, thresholds, **options)
+        return HammingSearch.build(_entry_codes(self, values), thresholds, **options)
 
 
 class PdqKind(HammingKind):
