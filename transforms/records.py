@@ -117,6 +117,8 @@ PUBLISHED_SCHEMA = pa.schema([("url_sha256", pa.string()), ("row_key", pa.string
 def conform_table(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """`table` as `schema`: its columns in that order and type, a missing one all null.
     Audits written before a column was added still read (rematch, previous_audit)."""
+    if table.schema.equals(schema):  # already conformed (a rematch conforms each table read)
+        return table
     columns = [table.column(f.name).cast(f.type) if f.name in table.column_names
                else pa.nulls(table.num_rows, f.type) for f in schema]
     return pa.Table.from_arrays(columns, schema=schema)
