@@ -113,7 +113,7 @@ def search_tables(queries, codes, ids, bitmap, rank, starts, slot_word, slot_shi
         straddles = slot_shift[slot] + slot_width[slot] > 64  # the substring spans two words
         key_mask = (one << np.uint64(slot_width[slot])) - one
         keys = np.empty(queries.shape[0], dtype=np.int64)
-        for row in range(queries.shape[0]):
+        for row in range(queries.shape[0]):  # _key's work, without a view of each row
             key = queries[row, word] >> shift
             if straddles:
                 key |= queries[row, word + 1] << (np.uint64(64) - shift)
@@ -134,9 +134,7 @@ def search_tables(queries, codes, ids, bitmap, rank, starts, slot_word, slot_shi
             for i in range(hits):
                 if i + _AHEAD < hits:
                     _prefetch(rank, hit_bucket[i + _AHEAD] >> 6)
-                bucket = hit_bucket[i]
-                below = (one << np.uint64(bucket & 63)) - one
-                hit_bucket[i] = rank[bucket >> 6] + _popcount(bitmap[bucket >> 6] & below)
+                hit_bucket[i] = _rank_of(bitmap, rank, hit_bucket[i])
             count = 0
             for i in range(hits):
                 if i + 2 * _AHEAD < hits:
