@@ -44,11 +44,11 @@ from transforms.outputs import WriteOutputs
 from transforms.paths import absolute, local_only, same_path
 from transforms.read import DatasetSpec, match_inputs
 from transforms.records import AUDIT_SCHEMA, conform_table
+from transforms.table_audit import match_table
 from transforms.policy import Policy, compile_policies, decide
 from transforms.takedown import IndexSpec, TakedownIndex, Thresholds, kind_of, load_lists
 from transforms.write import output_dir, read_json, summary_path
 
-MATCHES_TYPE = AUDIT_SCHEMA.field("matches").type
 # The most audit rows gathered into one batch to match, in bytes (about 1.2 M rows of
 # a fetched audit): see _RematchTables.
 REMATCH_BATCH_BYTES = 512 << 20
@@ -60,19 +60,10 @@ def rematch_table(table: pa.Table, index: TakedownIndex,
     `action` / `reasons` decided again, with the audit's own policies, for every row
     whose takedown matches were or are now non-empty (no other row can change)."""
     table = conform_table(table, AUDIT_SCHEMA)
-    columns = {name: table.column(name) for name in index.columns if name in table.column_names}
-    hit_rows, hit_matches = index.match_hits(columns, rows=table.num_rows)
-    had = pc.fill_null(pc.greater(pc.list_value_length(table.column("matches")), 0), False)
-    counts = np.zeros(table.num_rows, dtype=np.int32)
-    counts[hit_rows] = [len(m) for m in hit_matches]
-    changed = np.flatnonzero((counts > 0) | had.to_numpy(zero_copy_only=False))
+    had = _has_matches(table)
     # The new matches column from its offsets: no Python work for the rows without a hit.
-    offsets = pa.array(np.concatenate([[0], np.cumsum(counts, dtype=np.int32)]), pa.int32())
-    values = pa.array([m for ms in hit_matches for m in ms], type=MATCHES_TYPE.value_type)
-    table = table.set_column(
-        table.schema.get_field_index("matches"), "matches",
-        pa.ListArray.from_arrays(offsets, values, type=MATCHES_TYPE),
-    )
+    table, _ = match_table(table, index)
+    changed = np.flatnonzero(_has_matches(table) | had)
     if changed.size == 0:
         return table
     actions = table.column("action").to_pylist()
@@ -83,6 +74,12 @@ def rematch_table(table: pa.Table, index: TakedownIndex,
     return table.set_column(
         table.schema.get_field_index("reasons"), "reasons", pa.array(reasons, pa.list_(pa.string()))
     )
+
+
+def _has_matches(table: pa.Table) -> np.ndarray:
+    """Per row: its takedown ``matches`` are not empty."""
+    return pc.fill_null(pc.greater(pc.list_value_length(table.column("matches")), 0), False).to_numpy(
+        zero_copy_only=False)
 
 
 class _RematchTables(beam.DoFn):

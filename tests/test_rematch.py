@@ -67,7 +67,7 @@ def test_rematch_reads_an_audit_written_before_the_evidence_columns():
 def test_rematch_matches_column_equals_the_per_row_matches():
     import numpy as np
 
-    from pipelines.rematch import MATCHES_TYPE
+    from transforms.table_audit import MATCHES_TYPE
 
     rng = np.random.default_rng(4)
     codes = [rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex() for _ in range(50)]
